@@ -1,0 +1,3 @@
+"""modelyard: raw data to validated, versioned, promoted models, on a laptop or on Kubeflow."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,101 @@
+"""The data lake: Parquet tables in a local folder or under an `s3://bucket/prefix` (S3, MinIO)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import urllib.parse
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from modelyard.errors import DataError, ModelyardError
+from modelyard.settings import s3_endpoint
+
+
+def _s3_filesystem() -> pafs.S3FileSystem:
+    # Credentials come only from the standard AWS environment variables, read by pyarrow itself.
+    kwargs = {"region": os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"}
+    endpoint = s3_endpoint()
+    if endpoint:
+        parsed = urllib.parse.urlparse(endpoint)
+        kwargs["endpoint_override"] = parsed.netloc or parsed.path
+        kwargs["scheme"] = parsed.scheme or "https"
+    return pafs.S3FileSystem(**kwargs)
+
+
+class Lake:
+    """Named tables (`ml-latest-small/ratings`) stored as `<uri>/<name>.parquet`.
+
+    Writes are all-or-nothing: locally a temporary file renamed into place, on S3 a single PUT.
+    """
+
+    def __init__(self, uri: str):
+        self.uri = uri.rstrip("/")
+        if self.uri.startswith("s3://"):
+            self.fs = _s3_filesystem()
+            self.root = self.uri[len("s3://"):]
+        else:
+            self.fs = pafs.LocalFileSystem()
+            self.root = str(Path(self.uri).expanduser().resolve())
+
+    @property
+    def is_remote(self) -> bool:
+        return self.uri.startswith("s3://")
+
+    def _path(self, name: str, suffix: str = ".parquet") -> str:
+        return f"{self.root}/{name}{suffix}"
+
+    def uri_of(self, name: str) -> str:
+        return f"{self.uri}/{name}.parquet"
+
+    def _write_bytes(self, path: str, data: bytes) -> None:
+        try:
+            self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+            if self.is_remote:
+                with self.fs.open_output_stream(path) as out:
+                    out.write(data)
+            else:
+                tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+                with open(tmp, "wb") as out:
+                    out.write(data)
+                os.replace(tmp, path)
+        except OSError as e:
+            raise ModelyardError(f"cannot write {path} to the lake {self.uri}: {e}") from None
+
+    def write_table(self, name: str, df: pd.DataFrame) -> str:
+        """Write `df` as table `name`; returns the SHA-256 of the Parquet bytes (the table's version)."""
+        sink = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pandas(df, preserve_index=False), sink, compression="zstd")
+        data = sink.getvalue().to_pybytes()
+        self._write_bytes(self._path(name), data)
+        return hashlib.sha256(data).hexdigest()
+
+    def read_table(self, name: str, columns: list[str] | None = None) -> pd.DataFrame:
+        path = self._path(name)
+        if not self.exists(name):
+            raise DataError(f"table {name} not found in the lake {self.uri} (expected {self.uri_of(name)}); run the ingest step first")
+        try:
+            return pq.read_table(path, columns=columns, filesystem=self.fs).to_pandas()
+        except (OSError, pa.ArrowInvalid) as e:
+            raise DataError(f"cannot read {self.uri_of(name)}: {e}") from None
+
+    def exists(self, name: str, suffix: str = ".parquet") -> bool:
+        try:
+            return self.fs.get_file_info(self._path(name, suffix)).type == pafs.FileType.File
+        except OSError as e:
+            raise ModelyardError(f"cannot reach the lake {self.uri}: {e}") from None
+
+    def write_json(self, name: str, obj) -> None:
+        self._write_bytes(self._path(name, ".json"), json.dumps(obj, indent=2, sort_keys=True).encode())
+
+    def read_json(self, name: str):
+        if not self.exists(name, ".json"):
+            return None
+        with self.fs.open_input_stream(self._path(name, ".json")) as f:
+            return json.loads(f.read())

@@ -1,0 +1,190 @@
+"""Rating models for the recommender: pure PyTorch, no tracking code.
+
+Two models predict a float rating for (user index, item index) pairs:
+
+* :class:`MLPMF` - the textbook model: user and item embeddings, their elementwise product
+  through ``Linear(factors, hidden_dims) -> ReLU -> Dropout -> Linear(hidden_dims, 1)``.
+* :class:`BiasedMF` - classic biased matrix factorisation (Funk SVD / Surprise ``SVD``):
+  ``global_mean + b_u + b_i + p_u . q_i``, optionally with sparse embedding gradients.
+
+:class:`PairScorer` wraps either model behind ``forward(x: LongTensor[B, 2])`` so that the MLflow
+``pytorch`` flavor (pickle format) can score an ndarray/DataFrame of ``(user_index, item_index)``
+rows through pyfunc. :func:`build_model` returns a ``PairScorer``; every function of ``train`` and
+``evaluate`` accepts a ``PairScorer`` or a bare model.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+MODELS = ("mlp-mf", "biased-mf")
+
+# Upper bound on the floats of the hidden activation of one MLPMF.score_all_items chunk
+# (users x items x hidden_dims); 2**25 floats = 128 MiB.
+_MLP_CHUNK_FLOATS = 2**25
+
+
+class MLPMF(nn.Module):
+    """Textbook MF + MLP: ``mlp(user_emb * item_emb)``.
+
+    Embeddings keep PyTorch's default N(0, 1) initialisation, as the textbook does.
+    """
+
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        factors: int = 20,
+        hidden_dims: int = 256,
+        dropout: float = 0.2,
+    ) -> None:
+        super().__init__()
+        self.n_users, self.n_items = n_users, n_items
+        self.user_factors = nn.Embedding(n_users, factors)
+        self.item_factors = nn.Embedding(n_items, factors)
+        self.hidden = nn.Linear(factors, hidden_dims)
+        self.relu = nn.ReLU()
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden_dims, 1)
+
+    def forward(self, users: Tensor, items: Tensor) -> Tensor:
+        x = self.user_factors(users) * self.item_factors(items)
+        x = self.dropout(self.relu(self.hidden(x)))
+        return self.out(x).squeeze(-1)
+
+    def score_all_items(self, users: Tensor) -> Tensor:
+        """Scores ``[len(users), n_items]`` for every item, in eval mode semantics of the caller.
+
+        ``hidden(u * q) = (q * u) @ W^T + b``: the user factors are folded into the first layer's
+        weight once per user, so each user costs one ``[n_items, factors] @ [factors, hidden]``
+        matmul; users are processed in chunks bounding the hidden activation to ~128 MiB.
+        """
+        q = self.item_factors.weight  # [I, F]
+        w, b = self.hidden.weight, self.hidden.bias  # [H, F], [H]
+        n_items, hidden_dims = q.shape[0], w.shape[0]
+        chunk = max(1, _MLP_CHUNK_FLOATS // max(1, n_items * hidden_dims))
+        out = torch.empty(len(users), n_items, dtype=q.dtype, device=q.device)
+        for start in range(0, len(users), chunk):
+            p = self.user_factors(users[start : start + chunk])  # [U, F]
+            w_u = p[:, None, :] * w[None, :, :]  # [U, H, F]
+            h = torch.matmul(q[None, :, :], w_u.transpose(1, 2)) + b  # [U, I, H]
+            h = self.dropout(self.relu(h))
+            out[start : start + chunk] = self.out(h).squeeze(-1)
+        return out
+
+
+class BiasedMF(nn.Module):
+    """``global_mean + b_u + b_i + p_u . q_i``.
+
+    Factors start at N(0, 0.1) and biases at 0 (Surprise's SVD defaults). ``sparse=True`` makes
+    every embedding produce sparse gradients (for ``SparseAdam`` or plain SGD): an update then
+    touches only the rows of the batch. L2 regularisation belongs in the loss
+    (:meth:`l2_penalty`), which works with sparse gradients, not in the optimizer.
+    """
+
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        factors: int = 20,
+        global_mean: float = 0.0,
+        sparse: bool = False,
+    ) -> None:
+        super().__init__()
+        self.n_users, self.n_items = n_users, n_items
+        self.sparse = sparse
+        self.user_factors = nn.Embedding(n_users, factors, sparse=sparse)
+        self.item_factors = nn.Embedding(n_items, factors, sparse=sparse)
+        self.user_bias = nn.Embedding(n_users, 1, sparse=sparse)
+        self.item_bias = nn.Embedding(n_items, 1, sparse=sparse)
+        nn.init.normal_(self.user_factors.weight, std=0.1)
+        nn.init.normal_(self.item_factors.weight, std=0.1)
+        nn.init.zeros_(self.user_bias.weight)
+        nn.init.zeros_(self.item_bias.weight)
+        self.register_buffer("global_mean", torch.tensor(float(global_mean)))
+
+    def forward(self, users: Tensor, items: Tensor) -> Tensor:
+        p, q = self.user_factors(users), self.item_factors(items)
+        bias = self.user_bias(users).squeeze(-1) + self.item_bias(items).squeeze(-1)
+        return self.global_mean + bias + (p * q).sum(-1)
+
+    def l2_penalty(self, users: Tensor, items: Tensor) -> Tensor:
+        """Per-rating ``|p_u|^2 + |q_i|^2 + b_u^2 + b_i^2`` (shape ``[B]``), Surprise-style.
+
+        Only the batch's rows enter, so sparse gradients stay sparse and frequent users/items are
+        regularised once per rating.
+        """
+        p, q = self.user_factors(users), self.item_factors(items)
+        bu, bi = self.user_bias(users).squeeze(-1), self.item_bias(items).squeeze(-1)
+        return (p * p).sum(-1) + (q * q).sum(-1) + bu * bu + bi * bi
+
+    def score_all_items(self, users: Tensor) -> Tensor:
+        """Scores ``[len(users), n_items]``: one ``[U, F] @ [F, I]`` matmul plus biases."""
+        p = self.user_factors.weight[users]
+        scores = torch.addmm(self.item_bias.weight.squeeze(-1)[None, :], p, self.item_factors.weight.T)
+        scores += (self.user_bias.weight[users] + self.global_mean)
+        return scores
+
+
+class PairScorer(nn.Module):
+    """``forward(x: [B, 2]) -> [B]`` with column 0 the user index and column 1 the item index.
+
+    This is the module logged with ``mlflow.pytorch`` (pickle format): pyfunc hands it a tensor
+    built from the input ndarray/DataFrame, which MLflow may convert to float32, so ``x`` is cast
+    to ``long`` (indices are exact in float32 below 2**24).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    @property
+    def n_users(self) -> int:
+        return self.model.n_users
+
+    @property
+    def n_items(self) -> int:
+        return self.model.n_items
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = torch.as_tensor(x)
+        if x.dtype != torch.long:
+            x = x.round().long() if x.is_floating_point() else x.long()
+        return self.model(x[:, 0], x[:, 1])
+
+    def score_all_items(self, users: Tensor) -> Tensor:
+        return self.model.score_all_items(torch.as_tensor(users, dtype=torch.long))
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The rating model inside a :class:`PairScorer` (or ``model`` itself)."""
+    return model.model if isinstance(model, PairScorer) else model
+
+
+def build_model(params: dict, n_users: int, n_items: int, global_mean: float) -> PairScorer:
+    """Build ``params["model"]`` (``"mlp-mf"`` or ``"biased-mf"``) wrapped in a :class:`PairScorer`.
+
+    ``biased-mf`` gets sparse embedding gradients when ``params["optimizer"]`` is ``"sparse_adam"``
+    or ``"sgd"`` (both update sparse rows); with ``"adam"`` it is dense.
+    """
+    name = params.get("model")
+    if name == "mlp-mf":
+        model: nn.Module = MLPMF(
+            n_users,
+            n_items,
+            factors=int(params["factors"]),
+            hidden_dims=int(params["hidden_dims"]),
+            dropout=float(params["dropout"]),
+        )
+    elif name == "biased-mf":
+        model = BiasedMF(
+            n_users,
+            n_items,
+            factors=int(params["factors"]),
+            global_mean=float(global_mean),
+            sparse=params.get("optimizer") in ("sparse_adam", "sgd"),
+        )
+    else:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
+    return PairScorer(model)

@@ -1,0 +1,59 @@
+"""The one place for settings: the workspace volume, MLflow, the data lake. CLI flags win over env."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_WORKSPACE = ".modelyard"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where a pipeline keeps its things.
+
+    workspace   the shared volume (a folder here, a PVC on Kubeflow): downloads, lake, MLflow, logs, run records
+    tracking_uri MLflow tracking URI; `sqlite:///<workspace>/mlflow.db` unless MLFLOW_TRACKING_URI is set
+    lake        folder or `s3://bucket/prefix` holding the Parquet tables; `<workspace>/lake` by default
+    """
+
+    workspace: Path
+    tracking_uri: str
+    lake: str
+
+    @classmethod
+    def resolve(cls, workspace: str | Path | None = None, tracking_uri: str | None = None, lake: str | None = None) -> "Settings":
+        ws = Path(workspace or os.environ.get("MODELYARD_WORKSPACE") or DEFAULT_WORKSPACE).expanduser().resolve()
+        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(ws)
+        lake_uri = lake or os.environ.get("MODELYARD_LAKE") or str(ws / "lake")
+        return cls(workspace=ws, tracking_uri=uri, lake=lake_uri)
+
+    @property
+    def volume(self) -> str:
+        return str(self.workspace)
+
+
+def default_tracking_uri(workspace: str | Path) -> str:
+    return f"sqlite:///{Path(workspace).resolve() / 'mlflow.db'}"
+
+
+def artifacts_dir(volume: str | Path) -> Path:
+    return Path(volume) / "mlartifacts"
+
+
+def raw_dir(volume: str | Path) -> Path:
+    return Path(volume) / "raw"
+
+
+def tensorboard_dir(volume: str | Path) -> Path:
+    return Path(volume) / "tensorboard"
+
+
+def runs_dir(volume: str | Path) -> Path:
+    return Path(volume) / "runs"
+
+
+def s3_endpoint() -> str | None:
+    """The S3/MinIO endpoint: MODELYARD_S3_ENDPOINT, else AWS_ENDPOINT_URL (None: AWS itself)."""
+    return os.environ.get("MODELYARD_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL") or None

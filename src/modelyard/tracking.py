@@ -1,0 +1,124 @@
+"""The one place for experiment tracking: MLflow runs and TensorBoard event files, side by side."""
+
+from __future__ import annotations
+
+import os
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import mlflow  # noqa: E402
+from mlflow.entities import Metric  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from modelyard.errors import TrackingError  # noqa: E402
+from modelyard.settings import artifacts_dir, tensorboard_dir  # noqa: E402
+
+HEALTH_RETRIES = 5
+HEALTH_BACKOFF_S = 1.0
+
+
+def _check_server(tracking_uri: str) -> None:
+    """Fail fast, naming the URI, when a remote MLflow server is down (bounded retries, no stack trace)."""
+    url = tracking_uri.rstrip("/") + "/health"
+    last = None
+    for attempt in range(HEALTH_RETRIES):
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return
+                last = f"HTTP {response.status}"
+        except urllib.error.HTTPError as e:
+            last = f"HTTP {e.code}"
+        except (urllib.error.URLError, OSError) as e:
+            last = str(getattr(e, "reason", e))
+        time.sleep(HEALTH_BACKOFF_S * (attempt + 1))
+    raise TrackingError(f"MLflow tracking server {tracking_uri} is unreachable after {HEALTH_RETRIES} attempts ({last})")
+
+
+def configure(tracking_uri: str) -> MlflowClient:
+    """Point MLflow (tracking and registry) at `tracking_uri`; a remote server must answer /health."""
+    if tracking_uri.startswith(("http://", "https://")):
+        _check_server(tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def ensure_experiment(name: str, tracking_uri: str, volume: str | Path) -> str:
+    """Return the experiment id, creating it with its artifacts in the volume when the store is local."""
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None
+    if not tracking_uri.startswith(("http://", "https://")):
+        location = artifacts_dir(volume).resolve().as_uri()
+    try:
+        return mlflow.create_experiment(name, artifact_location=location)
+    except mlflow.exceptions.MlflowException:  # created concurrently
+        return mlflow.get_experiment_by_name(name).experiment_id
+
+
+def _flat(value: Any) -> str:
+    return str(value)
+
+
+class TrainingRun:
+    """An MLflow run with a TensorBoard writer: every epoch's scalars go to both.
+
+    with TrainingRun("recommender", tracking_uri, volume, tags={...}) as run:
+        run.log_params({...}); run.log_epoch(1, {"train_loss": 0.8})
+    """
+
+    def __init__(self, experiment: str, tracking_uri: str, volume: str | Path, run_name: str | None = None, tags: dict | None = None):
+        self.experiment = experiment
+        self.tracking_uri = tracking_uri
+        self.volume = Path(volume)
+        self.run_name = run_name
+        self.tags = {k: _flat(v) for k, v in (tags or {}).items()}
+        self.run_id: str | None = None
+        self.writer = None
+
+    def __enter__(self) -> "TrainingRun":
+        configure(self.tracking_uri)
+        experiment_id = ensure_experiment(self.experiment, self.tracking_uri, self.volume)
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=self.run_name, tags=self.tags)
+        self.run_id = run.info.run_id
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.logdir = tensorboard_dir(self.volume) / self.experiment / (self.run_name or self.run_id)
+        self.writer = SummaryWriter(log_dir=str(self.logdir))
+        mlflow.set_tag("tensorboard_logdir", str(self.logdir))
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        mlflow.end_run(status="FAILED" if exc_type else "FINISHED")
+
+    def log_params(self, params: dict) -> None:
+        mlflow.log_params({k: _flat(v) for k, v in params.items()})
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        """One MLflow batch per epoch (single calls are ~100x slower on SQLite) and one TB scalar each."""
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=epoch)
+        for name, value in metrics.items():
+            self.writer.add_scalar(name, float(value), epoch)
+        self.writer.flush()
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        mlflow.log_text(text, artifact_file)
+
+
+def log_metrics(run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+    """Log metrics to an existing run (e.g. validation results back to the training run)."""
+    now = int(time.time() * 1000)
+    MlflowClient().log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+
+def run_metrics(run_id: str) -> dict[str, float]:
+    return dict(MlflowClient().get_run(run_id).data.metrics)

@@ -1,0 +1,226 @@
+"""modelyard.recommender.model and .train on tiny synthetic data (fast, CPU)."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from modelyard.recommender.evaluate import predict
+from modelyard.recommender.model import BiasedMF, MLPMF, PairScorer, build_model, unwrap
+from modelyard.recommender.train import PRESETS, fit, resolve_params
+
+N_USERS, N_ITEMS = 40, 30
+
+
+def ratings(n, seed):
+    rng = np.random.default_rng(seed)
+    users = rng.integers(0, N_USERS, n)
+    items = rng.integers(0, N_ITEMS, n)
+    # some structure plus noise, on the 1..5 scale
+    r = np.clip(np.round(3 + np.sin(users) + np.cos(items) + rng.normal(0, 0.5, n)), 1, 5)
+    return users, items, r.astype(np.float32)
+
+
+TRAIN, VAL = ratings(600, 0), ratings(150, 1)
+
+
+# ---------------------------------------------------------------- params
+def test_presets_share_names():
+    assert set(PRESETS["textbook"]) == set(PRESETS["accurate"])
+    assert PRESETS["textbook"]["batch_size"] == 64 and PRESETS["textbook"]["model"] == "mlp-mf"
+
+
+def test_resolve_params_coerces_strings():
+    p = resolve_params("textbook", {"epochs": "3", "learning_rate": "1e-2", "shuffle": "false", "dropout": 0})
+    assert (p["epochs"], p["learning_rate"], p["shuffle"], p["dropout"]) == (3, 0.01, False, 0.0)
+    assert isinstance(p["dropout"], float)
+    assert resolve_params("accurate", {"shuffle": "1"})["shuffle"] is True
+
+
+@pytest.mark.parametrize(
+    ("preset", "overrides", "names"),
+    [
+        ("nope", None, ["'nope'", "textbook", "accurate"]),
+        ("textbook", {"lr": 1}, ["'lr'", "learning_rate"]),
+        ("textbook", {"model": "svd"}, ["'svd'", "biased-mf"]),
+        ("textbook", {"epochs": "many"}, ["'epochs'", "many"]),
+        ("textbook", {"shuffle": "maybe"}, ["'shuffle'"]),
+    ],
+)
+def test_resolve_params_rejects(preset, overrides, names):
+    with pytest.raises(ValueError) as err:
+        resolve_params(preset, overrides)
+    assert all(n in str(err.value) for n in names)
+
+
+# ---------------------------------------------------------------- model
+@pytest.mark.parametrize("name", ["mlp-mf", "biased-mf"])
+def test_pair_scorer_and_score_all_items_agree_with_forward(name):
+    params = resolve_params("textbook" if name == "mlp-mf" else "accurate", {"factors": 4, "hidden_dims": 8})
+    model = build_model(params, N_USERS, N_ITEMS, global_mean=3.0)
+    assert isinstance(model, PairScorer)
+    model.eval()
+    users = torch.tensor([0, 5, 39])
+    with torch.no_grad():
+        full = model.score_all_items(users)
+        pairs = torch.stack([users.repeat_interleave(N_ITEMS), torch.arange(N_ITEMS).repeat(3)], 1)
+        direct = model(pairs).reshape(3, N_ITEMS)
+        as_float = model(pairs.float())  # MLflow's pyfunc may hand over float32
+    assert full.shape == (3, N_ITEMS)
+    torch.testing.assert_close(full, direct, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(as_float, direct.reshape(-1))
+
+
+def test_mlpmf_score_all_items_chunks(monkeypatch):
+    import modelyard.recommender.model as model_module
+
+    monkeypatch.setattr(model_module, "_MLP_CHUNK_FLOATS", 1)  # one user per chunk
+    model = MLPMF(N_USERS, N_ITEMS, factors=3, hidden_dims=5).eval()
+    users = torch.arange(N_USERS)
+    with torch.no_grad():
+        direct = model(users.repeat_interleave(N_ITEMS), torch.arange(N_ITEMS).repeat(N_USERS))
+        torch.testing.assert_close(model.score_all_items(users), direct.reshape(N_USERS, N_ITEMS))
+
+
+def test_biased_mf_sparse_gradients():
+    model = build_model(resolve_params("accurate", {"optimizer": "sparse_adam"}), N_USERS, N_ITEMS, 3.0)
+    inner = unwrap(model)
+    assert isinstance(inner, BiasedMF) and inner.sparse
+    inner(torch.tensor([1, 2]), torch.tensor([3, 4])).sum().backward()
+    assert inner.user_factors.weight.grad.is_sparse
+    dense = unwrap(build_model(resolve_params("accurate", {"optimizer": "adam"}), N_USERS, N_ITEMS, 3.0))
+    assert not dense.sparse
+
+
+def test_build_model_rejects_unknown():
+    with pytest.raises(ValueError, match="mlp-mf"):
+        build_model({"model": "svd"}, 2, 2, 0.0)
+
+
+# ---------------------------------------------------------------- fit
+class RatingsDataset(Dataset):
+    """The textbook's row-by-row dataset."""
+
+    def __init__(self, users, items, ratings):
+        self.users, self.items, self.ratings = users, items, ratings
+
+    def __len__(self):
+        return len(self.users)
+
+    def __getitem__(self, idx):
+        return (
+            torch.tensor(self.users[idx], dtype=torch.long),
+            torch.tensor(self.items[idx], dtype=torch.long),
+            torch.tensor(self.ratings[idx], dtype=torch.float32),
+        )
+
+
+def textbook_loop(model, train, val, params):
+    """The textbook training loop: DataLoader, L1Loss, SGD, StepLR, loss.item() per batch."""
+    torch.manual_seed(params["random_state"])
+    loader = DataLoader(
+        RatingsDataset(*train), batch_size=params["batch_size"], shuffle=False, generator=torch.Generator()
+    )
+    criterion = torch.nn.L1Loss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=params["learning_rate"])
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=params["step_size"], gamma=params["gamma"])
+    vu, vi, vr = (torch.as_tensor(a) for a in val)
+    history = []
+    for _ in range(params["epochs"]):
+        model.train()
+        running = 0.0
+        for users, items, ratings in loader:
+            loss = criterion(model(users, items), ratings)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            running += loss.item() * len(ratings)
+        model.eval()
+        with torch.no_grad():
+            val_loss = criterion(model(vu, vi), vr).item()
+        history.append((running / len(train[0]), val_loss, scheduler.get_last_lr()[0]))
+        scheduler.step()
+    return history
+
+
+def test_fit_matches_textbook_dataloader_loop():
+    params = resolve_params(
+        "textbook",
+        {"shuffle": False, "epochs": 4, "step_size": 2, "learning_rate": 0.05, "device": "cpu",
+         "factors": 8, "hidden_dims": 16},
+    )
+    model = build_model(params, N_USERS, N_ITEMS, global_mean=3.0)
+    reference = copy.deepcopy(unwrap(model))
+    expected = textbook_loop(reference, TRAIN, VAL, params)
+    got = fit(model, TRAIN, VAL, params).history
+    assert [h["epoch"] for h in got] == [1, 2, 3, 4]
+    assert [h["learning_rate"] for h in got] == pytest.approx([0.05, 0.05, 0.005, 0.005])
+    for h, (train_loss, val_loss, lr) in zip(got, expected):
+        assert h["train_loss"] == pytest.approx(train_loss, rel=1e-5)
+        assert h["val_loss"] == pytest.approx(val_loss, rel=1e-5)
+        assert h["learning_rate"] == pytest.approx(lr)
+    assert got[0]["train_loss"] != pytest.approx(got[-1]["train_loss"], rel=1e-3)  # it did learn
+    for a, b in zip(unwrap(model).state_dict().values(), reference.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"epochs": 3, "batch_size": 32},  # textbook model, dropout, shuffling
+        {"model": "biased-mf", "loss": "mse", "optimizer": "sparse_adam", "weight_decay": 0.05, "epochs": 3},
+    ],
+)
+def test_fit_is_deterministic(overrides):
+    params = resolve_params("textbook", {**overrides, "device": "cpu", "random_state": 7})
+    results, weights = [], []
+    for _ in range(2):
+        model = build_model(params, N_USERS, N_ITEMS, global_mean=3.0)
+        results.append(fit(model, TRAIN, VAL, params))
+        weights.append(unwrap(model).state_dict())
+    assert results[0].history == results[1].history
+    for a, b in zip(weights[0].values(), weights[1].values()):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"model": "biased-mf", "optimizer": "sgd", "learning_rate": 0.05, "weight_decay": 0.02},
+        {"model": "biased-mf", "optimizer": "adam", "learning_rate": 0.01, "weight_decay": 0.02},
+        {"model": "mlp-mf", "optimizer": "adam", "learning_rate": 0.01, "weight_decay": 1e-4},
+        {"model": "mlp-mf", "optimizer": "sparse_adam", "learning_rate": 0.01, "loss": "mse"},
+    ],
+)
+def test_fit_every_model_optimizer_pair_learns(overrides):
+    params = resolve_params("accurate", {**overrides, "epochs": 8, "batch_size": 64, "device": "cpu"})
+    model = build_model(params, N_USERS, N_ITEMS, global_mean=float(TRAIN[2].mean()))
+    seen = []
+    result = fit(model, TRAIN, VAL, params, on_epoch=lambda epoch, m: seen.append((epoch, m)))
+    assert [e for e, _ in seen] == list(range(1, 9))
+    assert {"train_loss", "val_loss", "learning_rate"} <= set(seen[0][1])
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert next(unwrap(model).parameters()).device.type == "cpu"
+
+
+def test_early_stopping_keeps_best_epoch_weights():
+    # Pure-noise ratings and a big unregularised model: val loss soon rises.
+    rng = np.random.default_rng(3)
+    noise = lambda n: (rng.integers(0, N_USERS, n), rng.integers(0, N_ITEMS, n), rng.integers(1, 6, n).astype(np.float32))  # noqa: E731
+    train, val = noise(800), noise(200)
+    params = resolve_params(
+        "accurate",
+        {"factors": 32, "learning_rate": 0.05, "weight_decay": 0.0, "epochs": 40, "patience": 3, "device": "cpu"},
+    )
+    model = build_model(params, N_USERS, N_ITEMS, global_mean=float(train[2].mean()))
+    snapshots = {}
+    result = fit(model, train, val, params, on_epoch=lambda e, m: snapshots.update({e: copy.deepcopy(model.state_dict())}))
+    val_losses = [h["val_loss"] for h in result.history]
+    assert len(val_losses) == result.best_epoch + 3 < 40  # stopped 3 epochs after the best
+    assert result.best_val_loss == min(val_losses) == val_losses[result.best_epoch - 1]
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, snapshots[result.best_epoch][name])
+    pred = predict(model, val[0], val[1])
+    assert float(np.mean((pred - val[2]) ** 2)) == pytest.approx(result.best_val_loss, rel=1e-5)

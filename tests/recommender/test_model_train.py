@@ -94,6 +94,19 @@ def test_biased_mf_sparse_gradients():
     assert not dense.sparse
 
 
+def test_fit_sets_gradient_mode_from_params():
+    # A model built for sparse_adam (sparse embeddings) can be trained further with adam (dense).
+    params = resolve_params("accurate", {"epochs": 1, "device": "cpu"})
+    model = build_model(params, N_USERS, N_ITEMS, 3.0)
+    assert unwrap(model).user_factors.sparse
+    fit(model, TRAIN, VAL, {**params, "optimizer": "adam"})
+    assert not unwrap(model).user_factors.sparse
+    textbook = build_model(resolve_params("textbook"), N_USERS, N_ITEMS, 3.0)
+    assert unwrap(textbook).user_factors.sparse  # plain SGD: sparse updates == dense updates
+    decayed = build_model(resolve_params("textbook", {"weight_decay": 0.1}), N_USERS, N_ITEMS, 3.0)
+    assert not unwrap(decayed).user_factors.sparse
+
+
 def test_build_model_rejects_unknown():
     with pytest.raises(ValueError, match="mlp-mf"):
         build_model({"model": "svd"}, 2, 2, 0.0)

@@ -28,7 +28,9 @@ _MLP_CHUNK_FLOATS = 2**25
 class MLPMF(nn.Module):
     """Textbook MF + MLP: ``mlp(user_emb * item_emb)``.
 
-    Embeddings keep PyTorch's default N(0, 1) initialisation, as the textbook does.
+    Embeddings keep PyTorch's default N(0, 1) initialisation, as the textbook does. ``sparse=True``
+    gives the embeddings sparse gradients: with plain SGD (no weight decay) the updates are exactly
+    those of dense gradients, but touch only the batch's rows instead of the whole tables.
     """
 
     def __init__(
@@ -38,11 +40,13 @@ class MLPMF(nn.Module):
         factors: int = 20,
         hidden_dims: int = 256,
         dropout: float = 0.2,
+        sparse: bool = False,
     ) -> None:
         super().__init__()
         self.n_users, self.n_items = n_users, n_items
-        self.user_factors = nn.Embedding(n_users, factors)
-        self.item_factors = nn.Embedding(n_items, factors)
+        self.sparse = sparse
+        self.user_factors = nn.Embedding(n_users, factors, sparse=sparse)
+        self.item_factors = nn.Embedding(n_items, factors, sparse=sparse)
         self.hidden = nn.Linear(factors, hidden_dims)
         self.relu = nn.ReLU()
         self.dropout = nn.Dropout(dropout)
@@ -162,29 +166,61 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.model if isinstance(model, PairScorer) else model
 
 
+def uses_sparse_gradients(params: dict) -> bool:
+    """Whether the embeddings should produce sparse gradients for these hyperparameters.
+
+    ``sparse_adam``: always. ``sgd``: for biased-mf (its L2 is in the loss) and for mlp-mf without
+    weight decay - then sparse updates equal dense ones exactly and cost O(batch), not O(table).
+    ``adam`` (and SGD with weight decay, which decays every row each step): dense.
+    """
+    optimizer = params.get("optimizer")
+    if optimizer == "sparse_adam":
+        return True
+    if optimizer == "sgd":
+        return params.get("model") == "biased-mf" or not params.get("weight_decay")
+    return False
+
+
+def set_sparse_gradients(model: nn.Module, sparse: bool) -> None:
+    """Switch every embedding of ``model`` to sparse (or dense) gradients; the weights are unchanged."""
+    for module in model.modules():
+        if isinstance(module, nn.Embedding):
+            module.sparse = sparse
+    inner = unwrap(model)
+    if hasattr(inner, "sparse"):
+        inner.sparse = sparse
+
+
 def build_model(params: dict, n_users: int, n_items: int, global_mean: float) -> PairScorer:
     """Build ``params["model"]`` (``"mlp-mf"`` or ``"biased-mf"``) wrapped in a :class:`PairScorer`.
 
-    ``biased-mf`` gets sparse embedding gradients when ``params["optimizer"]`` is ``"sparse_adam"``
-    or ``"sgd"`` (both update sparse rows); with ``"adam"`` it is dense.
+    Embedding gradients are sparse when :func:`uses_sparse_gradients` says so (``fit`` sets this
+    again from its own params, so a warm-started model may switch optimizer). The initial weights come
+    from ``params["random_state"]`` (when given) without touching torch's global random state.
     """
     name = params.get("model")
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
+    with torch.random.fork_rng(devices=[]):
+        if params.get("random_state") is not None:
+            torch.manual_seed(int(params["random_state"]))
+        return PairScorer(_build(name, params, n_users, n_items, global_mean))
+
+
+def _build(name: str, params: dict, n_users: int, n_items: int, global_mean: float) -> nn.Module:
     if name == "mlp-mf":
-        model: nn.Module = MLPMF(
+        return MLPMF(
             n_users,
             n_items,
             factors=int(params["factors"]),
             hidden_dims=int(params["hidden_dims"]),
             dropout=float(params["dropout"]),
+            sparse=uses_sparse_gradients(params),
         )
-    elif name == "biased-mf":
-        model = BiasedMF(
-            n_users,
-            n_items,
-            factors=int(params["factors"]),
-            global_mean=float(global_mean),
-            sparse=params.get("optimizer") in ("sparse_adam", "sgd"),
-        )
-    else:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
-    return PairScorer(model)
+    return BiasedMF(
+        n_users,
+        n_items,
+        factors=int(params["factors"]),
+        global_mean=float(global_mean),
+        sparse=uses_sparse_gradients(params),
+    )

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from modelyard.recommender.evaluate import predict_tensor
-from modelyard.recommender.model import MODELS, unwrap
+from modelyard.recommender.model import MODELS, set_sparse_gradients, unwrap, uses_sparse_gradients
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The textbook recipe, kept as published.
@@ -233,7 +233,8 @@ def fit(
     the epoch, without the L2 term), ``val_loss`` (the same loss over all of ``val``; NaN when
     ``val`` is None or empty), ``learning_rate`` and ``epoch_seconds``. ``params`` is a full
     parameter dict (see :func:`resolve_params`). The model is trained on ``params["device"]`` and
-    moved back to the CPU at the end.
+    moved back to the CPU at the end; its embeddings' sparse-gradient flags are set from
+    ``params`` (:func:`~modelyard.recommender.model.uses_sparse_gradients`).
     """
     p = params
     device = resolve_device(p["device"])
@@ -243,6 +244,7 @@ def fit(
     shuffler = torch.Generator(device=device).manual_seed(p["random_state"])
 
     net = unwrap(model).to(device)
+    set_sparse_gradients(net, uses_sparse_gradients(p))
     users, items, ratings = _as_tensors(train, device)
     has_val = val is not None and len(val[2]) > 0
     if has_val:

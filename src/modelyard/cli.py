@@ -1,0 +1,290 @@
+"""The `modelyard` command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from modelyard.errors import ModelyardError, QualityError  # noqa: E402
+from modelyard.params import coerce_params, parse_pairs  # noqa: E402
+from modelyard.settings import Settings  # noqa: E402
+
+app = typer.Typer(help="Raw data to validated, versioned, promoted models.", no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False)
+run_app = typer.Typer(help="Run a pipeline end to end on this machine.", no_args_is_help=True)
+app.add_typer(run_app, name="run")
+console = Console()
+err = Console(stderr=True)
+
+WorkspaceOpt = Annotated[Optional[Path], typer.Option("--workspace", "-w", help="The pipeline volume (env MODELYARD_WORKSPACE; default ./.modelyard).")]
+LakeOpt = Annotated[Optional[str], typer.Option("--lake", help="Data lake folder or s3://bucket/prefix (env MODELYARD_LAKE; default <workspace>/lake).")]
+ParamOpt = Annotated[Optional[list[str]], typer.Option("--param", "-p", help="Pipeline parameter name=value (repeatable).")]
+TagOpt = Annotated[Optional[list[str]], typer.Option("--tag", "-t", help="MLflow run tag key=value (repeatable).")]
+
+
+def _fail(e: Exception) -> None:
+    if isinstance(e, QualityError):
+        err.print(f"[bold red]data quality check failed[/]\n{e.report.render_text()}")
+    else:
+        err.print(f"[bold red]error:[/] {e}")
+    raise typer.Exit(1)
+
+
+def _metrics_table(title: str, metrics: dict) -> Table:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in metrics.items():
+        table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
+    return table
+
+
+def _print_run(record) -> None:
+    steps = Table(title=f"pipeline run {record.run_id}")
+    for col in ("step", "status", "seconds"):
+        steps.add_column(col)
+    for s in record.steps:
+        steps.add_row(s.name, s.status, f"{s.seconds:.1f}" if s.seconds is not None else "")
+    console.print(steps)
+
+
+@run_app.command("recommender")
+def run_recommender(
+    dataset: Annotated[str, typer.Option(help="MovieLens release: ml-latest-small, ml-100k, ml-1m, ml-25m.")] = "ml-latest-small",
+    source: Annotated[str, typer.Option(help="Local path, file:// or http(s):// URL of the release zip (default: GroupLens).")] = "",
+    sha256: Annotated[str, typer.Option(help="Expected SHA-256 of the zip.")] = "",
+    preset: Annotated[str, typer.Option(help="Hyperparameter preset: textbook (mlp-mf) or accurate (biased-mf).")] = "textbook",
+    param: ParamOpt = None,
+    tag: TagOpt = None,
+    warm_start: Annotated[str, typer.Option("--warm-start", help="Start training from this MLflow run's model.")] = "",
+    workspace: WorkspaceOpt = None,
+    lake: LakeOpt = None,
+) -> None:
+    """download -> ingest -> check -> train -> validate -> promote (gate to @staging)."""
+    from modelyard.pipeline.local import LocalRunner
+    from modelyard.recommender.pipeline import build
+
+    try:
+        settings = Settings.resolve(workspace=workspace, lake=lake)
+        pipeline = build(preset)
+        params = coerce_params(parse_pairs(param), pipeline.params)
+        params.update(volume=settings.volume, lake=settings.lake, tracking_uri=settings.tracking_uri,
+                      dataset=dataset, source=source, sha256=sha256, warm_start=warm_start,
+                      tags=json.dumps(parse_pairs(tag, "--tag")))
+        record = LocalRunner(settings.workspace, console=err).run(pipeline, params)
+    except (ModelyardError, ValueError) as e:
+        _fail(e)
+    _print_run(record)
+    out = record.outputs()
+    console.print(_metrics_table(f"validation of run {out['train']['run_id']}", out["validate"]))
+    console.print(f"[bold]promotion:[/] {out['promote']['decision']}")
+    console.print(f"run record: {record.path}")
+
+
+@run_app.command("detection")
+def run_detection(
+    source: Annotated[str, typer.Option(help="Path, file:// or http(s):// URL of a .tar.gz/.zip with YOLO images/ and labels/.")],
+    classes: Annotated[str, typer.Option(help="File of class names, one a line (else a data.yaml inside the archive).")] = "",
+    sha256: Annotated[str, typer.Option(help="Expected SHA-256 of the archive.")] = "",
+    offline: Annotated[bool, typer.Option("--offline", help="Never touch the network: train from yolov8n.yaml.")] = False,
+    param: ParamOpt = None,
+    tag: TagOpt = None,
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """download -> split -> check -> train -> validate -> promote (YOLO via ultralytics)."""
+    from modelyard.pipeline.local import LocalRunner
+
+    try:
+        from modelyard.detection.pipeline import build, choose_weights
+
+        settings = Settings.resolve(workspace=workspace)
+        pipeline = build()
+        params = coerce_params(parse_pairs(param), pipeline.params)
+        if "weights" not in params and "model" not in params:
+            params.update(choose_weights(offline=offline, console=err))
+        params.update(volume=settings.volume, tracking_uri=settings.tracking_uri, source=source, classes=classes,
+                      sha256=sha256, tags=json.dumps(parse_pairs(tag, "--tag")))
+        record = LocalRunner(settings.workspace, console=err).run(pipeline, params)
+    except (ModelyardError, ValueError) as e:
+        _fail(e)
+    _print_run(record)
+    out = record.outputs()
+    console.print(_metrics_table(f"validation of run {out['train']['run_id']}", out["validate"]))
+    console.print(f"[bold]promotion:[/] {out['promote']['decision']}")
+    console.print(f"run record: {record.path}")
+
+
+def _registry_settings(workspace):
+    from modelyard import tracking
+
+    settings = Settings.resolve(workspace=workspace)
+    tracking.configure(settings.tracking_uri)
+    return settings
+
+
+@app.command()
+def promote(
+    alias: Annotated[str, typer.Option(help="Alias to move, e.g. prod.")],
+    version: Annotated[str, typer.Option(help="Model version to give the alias.")],
+    model_name: Annotated[str, typer.Option("--model-name", help="Registered model.")] = "movielens-recommender",
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Promote a model version by hand (this is how @prod moves)."""
+    from modelyard import registry
+
+    try:
+        _registry_settings(workspace)
+        decision = registry.promote_version(model_name, alias, version)
+    except ModelyardError as e:
+        _fail(e)
+    console.print(decision.summary())
+
+
+@app.command()
+def rollback(
+    alias: Annotated[str, typer.Option(help="Alias to move back to its previous version.")] = "prod",
+    model_name: Annotated[str, typer.Option("--model-name", help="Registered model.")] = "movielens-recommender",
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Move an alias back to the version that held it before."""
+    from modelyard import registry
+
+    try:
+        _registry_settings(workspace)
+        decision = registry.rollback(model_name, alias)
+    except ModelyardError as e:
+        _fail(e)
+    console.print(decision.summary())
+
+
+@app.command()
+def models(
+    model_name: Annotated[str, typer.Option("--model-name", help="Registered model.")] = "movielens-recommender",
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """List a registered model's versions, their aliases and recorded decisions."""
+    from mlflow.tracking import MlflowClient
+
+    from modelyard import registry
+
+    try:
+        _registry_settings(workspace)
+        client = MlflowClient()
+        if registry.alias_version(model_name, "staging") is None and not client.search_model_versions(f"name='{model_name}'"):
+            raise ModelyardError(registry.describe_aliases(model_name))
+    except ModelyardError as e:
+        _fail(e)
+    aliases = client.get_registered_model(model_name).aliases
+    table = Table(title=model_name)
+    for col in ("version", "aliases", "run_id", "decisions"):
+        table.add_column(col)
+    for mv in sorted(client.search_model_versions(f"name='{model_name}'"), key=lambda v: int(v.version)):
+        held = ", ".join(f"@{a}" for a, v in aliases.items() if str(v) == str(mv.version))
+        decisions = "; ".join(f"{k.split('.')[-1]}: {v}" for k, v in sorted(mv.tags.items()) if k.startswith("modelyard.decision."))
+        table.add_row(str(mv.version), held, mv.run_id or "", decisions)
+    console.print(table)
+
+
+@app.command()
+def recommend(
+    user: Annotated[int, typer.Option(help="MovieLens user id.")],
+    top_k: Annotated[int, typer.Option("--top-k", help="How many movies.")] = 10,
+    alias: Annotated[str, typer.Option(help="Registry alias to serve from.")] = "prod",
+    model_name: Annotated[str, typer.Option("--model-name", help="Registered model.")] = "movielens-recommender",
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Top-k movies the user has not rated, from the model that holds the alias."""
+    from modelyard.recommender.infer import Recommender
+
+    try:
+        settings = Settings.resolve(workspace=workspace)
+        recommender = Recommender.from_registry(alias=alias, model_name=model_name, tracking_uri=settings.tracking_uri)
+        top = recommender.recommend(user, top_k=top_k)
+    except ModelyardError as e:
+        _fail(e)
+    table = Table(title=f"top {top_k} for user {user} from {model_name}@{alias} (v{recommender.version})")
+    for col in ("rank", "movie", "title", "genres", "score"):
+        table.add_column(col)
+    for row in top.itertuples():
+        table.add_row(str(row.rank), str(row.item_id), str(row.title), str(row.genres), f"{row.score:.3f}")
+    console.print(table)
+
+
+@app.command()
+def detect(
+    image: Annotated[Path, typer.Option(help="Image file.")],
+    alias: Annotated[str, typer.Option(help="Registry alias to serve from.")] = "prod",
+    model_name: Annotated[str, typer.Option("--model-name", help="Registered model.")] = "yolo-detector",
+    save: Annotated[Optional[Path], typer.Option(help="Write an annotated copy here.")] = None,
+    conf: Annotated[float, typer.Option(help="Confidence threshold.")] = 0.25,
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Boxes (class, confidence, xyxy) found in an image by the model that holds the alias."""
+    try:
+        from modelyard.detection.infer import detect as run_detect
+
+        settings = Settings.resolve(workspace=workspace)
+        boxes = run_detect(str(image), alias=alias, model_name=model_name, tracking_uri=settings.tracking_uri,
+                           volume=settings.volume, save=str(save) if save else None, conf=conf)
+    except ModelyardError as e:
+        _fail(e)
+    table = Table(title=f"{len(boxes)} boxes in {image} from {model_name}@{alias}")
+    for col in ("class", "confidence", "x1", "y1", "x2", "y2"):
+        table.add_column(col)
+    for b in boxes:
+        table.add_row(str(b["class"]), f"{b['confidence']:.3f}", *(f"{v:.1f}" for v in b["xyxy"]))
+    console.print(table)
+    if save:
+        console.print(f"annotated copy: {save}")
+
+
+@app.command("compile")
+def compile_pipeline(
+    target: Annotated[str, typer.Argument(help="recommender or detection")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the KFP v2 YAML.")],
+    image: Annotated[str, typer.Option(help="Container image the components run in.")] = "modelyard:latest",
+    preset: Annotated[str, typer.Option(help="Recommender hyperparameter preset for the defaults.")] = "textbook",
+    pvc_size: Annotated[str, typer.Option("--pvc-size", help="Size of the shared volume.")] = "10Gi",
+    storage_class: Annotated[str, typer.Option("--storage-class", help="Storage class of the PVC (cluster default if empty).")] = "",
+    access_mode: Annotated[str, typer.Option("--access-mode", help="PVC access mode.")] = "ReadWriteOnce",
+    mount_path: Annotated[str, typer.Option("--mount-path", help="Where every step mounts the volume.")] = "/mnt/pipeline",
+    delete_pvc: Annotated[bool, typer.Option("--delete-pvc/--keep-pvc", help="Delete the PVC after the last step.")] = False,
+) -> None:
+    """Compile a pipeline to Kubeflow Pipelines v2 YAML (shared PVC via kfp-kubernetes)."""
+    from modelyard.pipeline.kubeflow import ClusterOptions, compile_pipeline as compile_kfp
+
+    try:
+        options = ClusterOptions(image=image, pvc_size=pvc_size, storage_class=storage_class, access_mode=access_mode,
+                                 mount_path=mount_path, delete_pvc=delete_pvc)
+        path = compile_kfp(target, output, options, preset=preset)
+    except (ModelyardError, ValueError) as e:
+        _fail(e)
+    console.print(f"wrote {path}")
+
+
+@app.command()
+def runs(workspace: WorkspaceOpt = None, last: Annotated[int, typer.Option(help="How many.")] = 10) -> None:
+    """The pipeline run records kept in the volume."""
+    from modelyard.pipeline.local import load_records
+
+    settings = Settings.resolve(workspace=workspace)
+    table = Table(title=f"pipeline runs in {settings.workspace}")
+    for col in ("run", "status", "seconds", "steps"):
+        table.add_column(col)
+    for rec in load_records(settings.workspace)[-last:]:
+        steps = " ".join(f"{s['name']}:{s['status']}" for s in rec["steps"])
+        table.add_row(rec["run_id"], rec["status"], str(rec.get("seconds")), steps)
+    console.print(table)
+
+
+def main() -> None:  # pragma: no cover
+    sys.exit(app())

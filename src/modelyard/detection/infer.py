@@ -1,0 +1,78 @@
+"""Detect objects in one image with a registered detector (`models:/yolo-detector@prod` by default)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from modelyard.detection import yolo_env
+from modelyard.errors import ModelyardError
+
+DEFAULT_MODEL_NAME = "yolo-detector"
+
+
+def load_detector(model_name: str = DEFAULT_MODEL_NAME, alias: str = "prod", tracking_uri: str | None = None, volume: str | None = None):
+    """The registered model's pyfunc wrapper (``YoloDetector``, with ``.model`` the ultralytics YOLO)."""
+    from modelyard.registry import require_alias
+    from modelyard.settings import Settings
+    from modelyard.tracking import configure
+
+    settings = Settings.resolve(workspace=volume, tracking_uri=tracking_uri)
+    yolo_env.setup(settings.volume)
+    configure(settings.tracking_uri)
+    version = require_alias(model_name, alias)  # RegistryError naming the aliases that do exist
+    import mlflow
+
+    try:
+        pyfunc = mlflow.pyfunc.load_model(f"models:/{model_name}@{alias}")
+    except Exception as e:  # noqa: BLE001 - surface a user-facing message
+        raise ModelyardError(f"could not load {model_name}@{alias} (v{version.version}): {e}") from e
+    return pyfunc.unwrap_python_model(), str(version.version)
+
+
+def detect(
+    image: str,
+    alias: str = "prod",
+    model_name: str = DEFAULT_MODEL_NAME,
+    tracking_uri: str | None = None,
+    save: str | None = None,
+    volume: str | None = None,
+    conf: float = 0.25,
+    device: str = "cpu",
+) -> list[dict]:
+    """Boxes found in `image`: ``{"class_id", "class", "confidence", "xyxy": [x1, y1, x2, y2]}``, best first.
+
+    `save`: also write the image with the boxes drawn to this path.
+    """
+    if not Path(image).is_file():
+        raise ModelyardError(f"image {image} not found")
+    detector, _ = load_detector(model_name, alias, tracking_uri, volume)
+    results = detector.predict_results(str(image), conf=conf, device=device)
+    boxes = []
+    for result in results:
+        names = result.names
+        if result.boxes is not None:
+            for cls, score, xyxy in zip(result.boxes.cls.tolist(), result.boxes.conf.tolist(), result.boxes.xyxy.tolist()):
+                boxes.append({"class_id": int(cls), "class": str(names[int(cls)]), "confidence": round(float(score), 4),
+                              "xyxy": [round(float(v), 1) for v in xyxy]})
+        if save:
+            Path(save).parent.mkdir(parents=True, exist_ok=True)
+            result.save(filename=str(save))
+    return sorted(boxes, key=lambda b: -b["confidence"])
+
+
+def render_detections(boxes: list[dict], image: str = "", save: str | None = None) -> str:
+    """Plain text for the CLI: one line per box."""
+    lines = [f"{len(boxes)} object(s) in {image}" if image else f"{len(boxes)} object(s)"]
+    for b in boxes:
+        x1, y1, x2, y2 = b["xyxy"]
+        lines.append(f"  {b['class']:<16} {b['confidence']:.3f}  [{x1:.1f}, {y1:.1f}, {x2:.1f}, {y2:.1f}]")
+    if save:
+        lines.append(f"annotated image written to {save}")
+    return "\n".join(lines)
+
+
+def detect_command(image: str, alias: str = "prod", model_name: str = DEFAULT_MODEL_NAME, save: str | None = None,
+                   workspace: str | None = None, tracking_uri: str | None = None, conf: float = 0.25, device: str = "cpu") -> str:
+    """What `modelyard detect --image p.jpg [--alias prod] [--save out.jpg]` prints."""
+    boxes = detect(image, alias=alias, model_name=model_name, tracking_uri=tracking_uri, save=save, volume=workspace, conf=conf, device=device)
+    return render_detections(boxes, image, save)

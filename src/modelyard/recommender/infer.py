@@ -1,0 +1,77 @@
+"""Serve recommendations from a registered model: top-k unseen movies with titles for a user."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from modelyard import registry, tracking
+from modelyard.errors import ModelyardError
+
+
+@dataclass
+class Recommender:
+    """A trained model with what serving needs: id maps, titles and every rated (user, item) pair."""
+
+    net: torch.nn.Module
+    users_index: pd.DataFrame
+    items_index: pd.DataFrame
+    items: pd.DataFrame
+    rated: pd.DataFrame
+    version: str = ""
+
+    @classmethod
+    def from_dir(cls, model_dir: str | Path, version: str = "") -> "Recommender":
+        import mlflow
+
+        model_dir = Path(model_dir)
+        extra = model_dir / "extra_files"
+        read = lambda name: pd.read_parquet(extra / f"{name}.parquet")  # noqa: E731
+        return cls(mlflow.pytorch.load_model(str(model_dir)), read("user_index"), read("item_index"), read("items"),
+                   read("rated"), version)
+
+    @classmethod
+    def from_registry(cls, alias: str = "prod", model_name: str = "movielens-recommender",
+                      tracking_uri: str | None = None) -> "Recommender":
+        """Load the version that holds `alias` (a clear error naming the aliases that exist otherwise)."""
+        import mlflow
+
+        from modelyard.settings import Settings
+
+        tracking.configure(tracking_uri or Settings.resolve().tracking_uri)
+        version = registry.require_alias(model_name, alias)
+        model_dir = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_name}@{alias}")
+        return cls.from_dir(model_dir, str(version.version))
+
+    def known_users(self) -> np.ndarray:
+        return self.users_index["user_id"].to_numpy()
+
+    def recommend(self, user_id: int, top_k: int = 10) -> pd.DataFrame:
+        """The `top_k` movies `user_id` has not rated, best first: item_id, title, genres, score."""
+        match = self.users_index.loc[self.users_index["user_id"] == int(user_id), "user_index"]
+        if match.empty:
+            ids = self.known_users()
+            raise ModelyardError(f"unknown user {user_id}: the model knows {len(ids)} users with ids "
+                                 f"{ids.min()}..{ids.max()} (e.g. {', '.join(map(str, ids[:5]))})")
+        self.net.eval()
+        with torch.no_grad():
+            scores = self.net.score_all_items(torch.tensor([int(match.iloc[0])]))[0].numpy().astype(np.float64)
+        item_ids = self.items_index["item_id"].to_numpy()
+        seen = self.rated.loc[self.rated["user_id"] == int(user_id), "item_id"].to_numpy()
+        scores[np.isin(item_ids, seen)] = -np.inf
+        k = min(top_k, int(np.isfinite(scores).sum()))
+        # stable order: best score first, lower item index on ties
+        order = np.lexsort((np.arange(len(scores)), -scores))[:k]
+        top = pd.DataFrame({"item_id": item_ids[order], "score": scores[order]})
+        top = top.merge(self.items[["item_id", "title", "genres"]], on="item_id", how="left")
+        top.insert(0, "rank", np.arange(1, len(top) + 1))
+        return top[["rank", "item_id", "title", "genres", "score"]]
+
+
+def load_recommender(alias: str = "prod", model_name: str = "movielens-recommender", tracking_uri: str | None = None) -> Recommender:
+    """For notebooks: `load_recommender("staging").recommend(50, top_k=10)`."""
+    return Recommender.from_registry(alias=alias, model_name=model_name, tracking_uri=tracking_uri)

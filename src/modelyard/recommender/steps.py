@@ -1,0 +1,237 @@
+"""The recommender's step functions: primitive arguments in, a dict of small outputs out.
+
+Big data moves through the volume (downloads), the lake (Parquet tables) and MLflow (runs, models).
+The local runner and the Kubeflow components call these same functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from modelyard import registry, tracking
+from modelyard.download import fetch, sha256_file
+from modelyard.errors import ModelyardError
+from modelyard.lake import Lake
+from modelyard.settings import raw_dir
+from modelyard.recommender import data as mldata
+from modelyard.recommender.checks import check_tables
+
+EXPERIMENT = "recommender"
+MODEL_NAME = "movielens-recommender"
+TABLES = ("train", "val", "test", "items", "user_index", "item_index")
+INGEST_FORMAT = 1  # bump when the lake layout changes, so older lakes are rebuilt
+
+
+def table(dataset: str, name: str) -> str:
+    return f"movielens/{dataset}/{name}"
+
+
+def download(volume: str, dataset: str = mldata.DEFAULT_RELEASE, source: str = "", sha256: str = "") -> dict:
+    """Fetch the release's zip into the volume once; the official URL unless `source` is given."""
+    release = mldata.get_release(dataset)
+    dest = raw_dir(volume) / "movielens" / release.filename
+    reused = dest.exists()
+    expected = sha256 or (release.sha256 if not source else None)
+    fetch(source or release.url, dest, sha256=expected or None)
+    return {"archive": str(dest), "archive_sha256": sha256_file(dest), "reused": reused}
+
+
+def ingest(volume: str, lake: str, archive: str, archive_sha256: str, dataset: str = mldata.DEFAULT_RELEASE,
+           val_size: float = 0.15, test_size: float = 0.10, random_state: int = 42) -> dict:
+    """Parse the release into the lake, split it and index its ids; reused when nothing changed.
+
+    The manifest is written last: a lake without it (an interrupted ingest) is rebuilt.
+    """
+    store = Lake(lake)
+    key = {"archive_sha256": archive_sha256, "val_size": val_size, "test_size": test_size,
+           "random_state": random_state, "format": INGEST_FORMAT}
+    manifest = store.read_json(table(dataset, "_manifest"))
+    if manifest and manifest.get("key") == key and all(store.exists(table(dataset, t)) for t in TABLES):
+        return {**manifest["outputs"], "reused": True}
+    ratings, items = mldata.read_release(archive, dataset)
+    splits = mldata.split_ratings(ratings, val_size=val_size, test_size=test_size, random_state=random_state)
+    users_index, items_index = mldata.index_ids(splits["train"])
+    digests = {name: store.write_table(table(dataset, name), df) for name, df in
+               {**splits, "items": items, "user_index": users_index, "item_index": items_index}.items()}
+    outputs = {
+        "dataset_digest": hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()[:16],
+        "n_ratings": len(ratings), "n_train": len(splits["train"]), "n_val": len(splits["val"]),
+        "n_test": len(splits["test"]), "n_users": len(users_index), "n_items": len(items_index),
+    }
+    store.write_json(table(dataset, "_manifest"), {"key": key, "tables": digests, "outputs": outputs})
+    return {**outputs, "reused": False}
+
+
+def check(lake: str, dataset_digest: str, dataset: str = mldata.DEFAULT_RELEASE) -> dict:
+    """Data quality of the lake's tables; raises QualityError (nothing trained) when a check fails."""
+    release = mldata.get_release(dataset)
+    store = Lake(lake)
+    tables = {name: store.read_table(table(dataset, name)) for name in ("train", "val", "test", "items")}
+    report = check_tables(tables, release.rating_min, release.rating_max, subject=f"{dataset} in {store.uri}")
+    store.write_json(table(dataset, "_quality"), {"dataset_digest": dataset_digest, **report.to_dict()})
+    report.raise_for_failures()
+    warnings = [c for c in report.checks if not c.passed]
+    return {"passed": True, "n_warnings": len(warnings), "report": report.render_text()}
+
+
+def _load_training_data(store: Lake, dataset: str):
+    users_index = store.read_table(table(dataset, "user_index"))
+    items_index = store.read_table(table(dataset, "item_index"))
+    train = store.read_table(table(dataset, "train"))
+    val = store.read_table(table(dataset, "val"))
+    return train, val, users_index, items_index
+
+
+def _encoded(df, users_index, items_index):
+    u, i, r, known = mldata.encode(df, users_index, items_index)
+    return (u[known], i[known], r[known]), int((~known).sum())
+
+
+def train(volume: str, lake: str, tracking_uri: str, dataset_digest: str, dataset: str = mldata.DEFAULT_RELEASE,
+          model: str = "mlp-mf", factors: int = 20, hidden_dims: int = 256, dropout: float = 0.2, loss: str = "l1",
+          optimizer: str = "sgd", learning_rate: float = 1e-3, weight_decay: float = 0.0, step_size: int = 10,
+          gamma: float = 0.1, epochs: int = 30, batch_size: int = 64, shuffle: bool = True, random_state: int = 42,
+          patience: int = 0, device: str = "auto", preset: str = "textbook", warm_start: str = "", tags: str = "{}",
+          experiment: str = EXPERIMENT) -> dict:
+    """Train one model in one MLflow run (and TensorBoard) and log it with its signature.
+
+    `tags` is a JSON object of user tags; `warm_start` an earlier run id whose model to start from.
+    """
+    import mlflow
+    import torch
+    import torchinfo
+    from mlflow.models import infer_signature
+
+    from modelyard.recommender.model import build_model
+    from modelyard.recommender.train import fit, resolve_params
+
+    params = resolve_params(preset, dict(
+        model=model, factors=factors, hidden_dims=hidden_dims, dropout=dropout, loss=loss, optimizer=optimizer,
+        learning_rate=learning_rate, weight_decay=weight_decay, step_size=step_size, gamma=gamma, epochs=epochs,
+        batch_size=batch_size, shuffle=shuffle, random_state=random_state, patience=patience, device=device))
+    store = Lake(lake)
+    train_df, val_df, users_index, items_index = _load_training_data(store, dataset)
+    train_data, _ = _encoded(train_df, users_index, items_index)
+    val_data, val_unknown = _encoded(val_df, users_index, items_index)
+    n_users, n_items = len(users_index), len(items_index)
+    torch.manual_seed(random_state)
+    net = build_model(params, n_users, n_items, global_mean=float(train_data[2].mean()))
+    user_tags = json.loads(tags or "{}")
+    run_tags = {**user_tags, "dataset": dataset, "dataset_digest": dataset_digest, "preset": preset}
+    if warm_start:
+        tracking.configure(tracking_uri)
+        try:
+            start = mlflow.pytorch.load_model(f"runs:/{warm_start}/model")
+        except Exception as e:  # noqa: BLE001 - MLflow raises many kinds for a bad run id
+            raise ModelyardError(f"cannot warm-start from run {warm_start}: {e}") from None
+        if (start.n_users, start.n_items) != (n_users, n_items) or type(start.model) is not type(net.model):
+            raise ModelyardError(f"cannot warm-start from run {warm_start}: it is a {type(start.model).__name__} over "
+                                 f"{start.n_users} users x {start.n_items} items, this run needs a "
+                                 f"{type(net.model).__name__} over {n_users} x {n_items}")
+        net.load_state_dict(start.state_dict())
+        run_tags["warm_start_run_id"] = warm_start
+
+    with tracking.TrainingRun(experiment, tracking_uri, volume, tags=run_tags) as run:
+        run.log_params({**params, "preset": preset, "loss_function": type(_loss_module(params["loss"])).__name__,
+                        "optimizer_name": _optimizer_name(params["optimizer"]), "n_users": n_users, "n_items": n_items,
+                        "n_train": len(train_data[0]), "n_val": len(val_data[0]), "n_val_unknown": val_unknown,
+                        "dataset": dataset, "warm_start": warm_start or "none"})
+        mlflow.log_input(mlflow.data.from_pandas(train_df,
+                                                 source=store.uri_of(table(dataset, "train")), name=dataset,
+                                                 digest=dataset_digest), context="training")
+        sample = torch.tensor(np.stack([train_data[0][:4], train_data[1][:4]], axis=1))
+        summary = torchinfo.summary(net.model, input_data=[sample[:, 0], sample[:, 1]], verbose=0,
+                                    col_names=("input_size", "output_size", "num_params"))
+        run.log_text(str(summary), "model_summary.txt")
+        result = fit(net, train_data, val_data, params, on_epoch=run.log_epoch)
+        mlflow.log_metrics({"best_epoch": result.best_epoch, "best_val_loss": float(result.best_val_loss)})
+        net.eval()
+        with torch.no_grad():
+            prediction = net(sample).numpy()
+        with tempfile.TemporaryDirectory() as tmp:
+            extra = _serving_files(Path(tmp), store, dataset, users_index, items_index)
+            info = mlflow.pytorch.log_model(
+                net, name="model", serialization_format="pickle",
+                signature=infer_signature(sample.numpy(), prediction), input_example=sample.numpy(),
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "modelyard"],
+                extra_files=extra)
+    return {"run_id": run.run_id, "model_uri": info.model_uri, "val_loss": float(result.best_val_loss)}
+
+
+def _loss_module(name: str):
+    import torch.nn as nn
+
+    return {"l1": nn.L1Loss(), "mse": nn.MSELoss()}[name]
+
+
+def _optimizer_name(name: str) -> str:
+    return {"sgd": "SGD", "adam": "Adam", "sparse_adam": "SparseAdam"}[name]
+
+
+def _serving_files(folder: Path, store: Lake, dataset: str, users_index, items_index) -> list[str]:
+    """What `recommend` needs beside the weights: id maps, titles, and every rated (user, item) pair."""
+    rated = pd.concat([store.read_table(table(dataset, s), columns=["user_id", "item_id"]) for s in ("train", "val", "test")])
+    frames = {"user_index": users_index, "item_index": items_index,
+              "items": store.read_table(table(dataset, "items")), "rated": rated}
+    paths = []
+    for name, df in frames.items():
+        path = folder / f"{name}.parquet"
+        df.to_parquet(path, index=False)
+        paths.append(str(path))
+    return paths
+
+
+def validate(volume: str, lake: str, tracking_uri: str, run_id: str, dataset: str = mldata.DEFAULT_RELEASE,
+             top_k: int = 50, threshold: float = 3.0) -> dict:
+    """Load the run's model back from MLflow and log validation metrics to that same run."""
+    import mlflow
+
+    from modelyard.recommender.evaluate import precision_recall_at_k, predict, ranking_metrics, rmse, mae
+    from modelyard.recommender.examples import example_recommendations
+
+    tracking.configure(tracking_uri)
+    net = mlflow.pytorch.load_model(f"runs:/{run_id}/model")
+    store = Lake(lake)
+    train_df, val_df, users_index, items_index = _load_training_data(store, dataset)
+    (vu, vi, vr), unknown = _encoded(val_df, users_index, items_index)
+    (tu, ti, _), _ = _encoded(train_df, users_index, items_index)
+    pred = predict(net, vu, vi)
+    precision, recall = precision_recall_at_k(vu, vr, pred, top_k=top_k, threshold=threshold)
+    metrics = {"rmse": rmse(vr, pred), "mae": mae(vr, pred), "precision_at_k": precision, "recall_at_k": recall,
+               "n_val_ratings": len(vr), "n_val_unknown": unknown}
+    ranking = ranking_metrics(net, vu, vi, vr, tu, ti, n_items=len(items_index), top_k=top_k, threshold=threshold)
+    metrics.update({k: float(v) for k, v in ranking.items()})
+    tracking.log_metrics(run_id, metrics)
+    items = store.read_table(table(dataset, "items"))
+    examples = example_recommendations(net, val_df, train_df, users_index, items_index, items, threshold=threshold)
+    client = mlflow.tracking.MlflowClient()
+    client.log_table(run_id, data=examples, artifact_file="validation/example_recommendations.json")
+    client.log_text(run_id, examples.to_markdown(index=False) if _has_tabulate() else examples.to_string(index=False),
+                    "validation/example_recommendations.md")
+    client.set_tag(run_id, "validation.top_k", str(top_k))
+    client.set_tag(run_id, "validation.threshold", str(threshold))
+    return metrics
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def promote(tracking_uri: str, run_id: str, model_uri: str, model_name: str = MODEL_NAME, rmse_threshold: float = 0.0,
+            precision_threshold: float = -0.3, recall_threshold: float = -0.2) -> dict:
+    """The textbook gate into `staging` (signed thresholds against the current `staging` run)."""
+    tracking.configure(tracking_uri)
+    gates = [registry.Gate("rmse", "lower", rmse_threshold), registry.Gate("precision_at_k", "higher", precision_threshold),
+             registry.Gate("recall_at_k", "higher", recall_threshold)]
+    decision = registry.promote_if_better(model_name, run_id, model_uri, gates, alias="staging")
+    return {"promoted": decision.promoted, "version": decision.version or "", "decision": decision.summary()}

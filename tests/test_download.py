@@ -1,0 +1,91 @@
+"""modelyard.download.fetch from a path, a file:// URL and HTTP; checksums; no half-written files."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from modelyard.download import fetch, sha256_file
+from modelyard.errors import DownloadError
+
+PAYLOAD = bytes(range(256)) * 5000  # 1.28 MB: more than one read chunk
+PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
+
+
+@pytest.fixture
+def source(tmp_path):
+    path = tmp_path / "src" / "ml-test.zip"
+    path.parent.mkdir()
+    path.write_bytes(PAYLOAD)
+    return path
+
+
+def _leftovers(folder):
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_fetch_from_a_path(tmp_path, source):
+    dest = tmp_path / "volume" / "raw" / "ml-test.zip"
+    assert fetch(str(source), dest, sha256=PAYLOAD_SHA, show_progress=False) == dest
+    assert dest.read_bytes() == PAYLOAD
+    assert _leftovers(dest.parent) == ["ml-test.zip"]
+
+
+def test_fetch_from_a_file_url(tmp_path, source):
+    dest = tmp_path / "raw" / "ml-test.zip"
+    fetch(source.as_uri(), dest, sha256=PAYLOAD_SHA.upper(), show_progress=False)
+    assert sha256_file(dest) == PAYLOAD_SHA
+
+
+def test_fetch_over_http(tmp_path, http_server, http_served_dir):
+    (http_served_dir / "ml-test.zip").write_bytes(PAYLOAD)
+    dest = tmp_path / "raw" / "ml-test.zip"
+    fetch(f"{http_server}/ml-test.zip", dest, sha256=PAYLOAD_SHA)  # with the progress bar
+    assert dest.read_bytes() == PAYLOAD
+    assert _leftovers(dest.parent) == ["ml-test.zip"]
+
+
+@pytest.mark.parametrize("via", ["path", "http"])
+def test_checksum_mismatch_leaves_no_file(tmp_path, source, via, http_server, http_served_dir):
+    (http_served_dir / "ml-test.zip").write_bytes(PAYLOAD)
+    url = str(source) if via == "path" else f"{http_server}/ml-test.zip"
+    dest = tmp_path / "raw" / "ml-test.zip"
+    with pytest.raises(DownloadError, match="checksum mismatch.*expected SHA-256 0{64}, got " + PAYLOAD_SHA):
+        fetch(url, dest, sha256="0" * 64, show_progress=False)
+    assert not dest.exists()
+    assert _leftovers(dest.parent) == []  # no temporary .part file either
+
+
+def test_existing_dest_is_not_fetched_again(tmp_path, http_server, http_served_dir):
+    served = http_served_dir / "ml-test.zip"
+    served.write_bytes(PAYLOAD)
+    dest = tmp_path / "raw" / "ml-test.zip"
+    fetch(f"{http_server}/ml-test.zip", dest, sha256=PAYLOAD_SHA, show_progress=False)
+    served.unlink()  # the source is gone: a second download would be a 404
+    before = dest.stat().st_mtime_ns
+    assert fetch(f"{http_server}/ml-test.zip", dest, sha256=PAYLOAD_SHA, show_progress=False) == dest
+    assert fetch(f"{http_server}/ml-test.zip", dest, show_progress=False) == dest
+    assert dest.stat().st_mtime_ns == before and dest.read_bytes() == PAYLOAD
+
+
+def test_existing_dest_with_another_checksum_is_an_error(tmp_path, source):
+    dest = tmp_path / "ml-test.zip"
+    dest.write_bytes(b"something else")
+    with pytest.raises(DownloadError, match="already in the volume but its SHA-256 differs"):
+        fetch(str(source), dest, sha256=PAYLOAD_SHA, show_progress=False)
+    assert dest.read_bytes() == b"something else"  # never overwritten silently
+
+
+def test_http_404_is_a_clear_download_error(tmp_path, http_server):
+    dest = tmp_path / "raw" / "missing.zip"
+    with pytest.raises(DownloadError, match=r"download of http://127\.0\.0\.1:\d+/missing\.zip failed: HTTP 404"):
+        fetch(f"{http_server}/missing.zip", dest, show_progress=False)
+    assert _leftovers(dest.parent) == []
+
+
+def test_missing_local_source_is_a_download_error(tmp_path):
+    with pytest.raises(DownloadError, match="not found"):
+        fetch(str(tmp_path / "nope.zip"), tmp_path / "dest.zip", show_progress=False)
+    with pytest.raises(DownloadError, match="not found"):
+        fetch((tmp_path / "nope.zip").as_uri(), tmp_path / "dest.zip", show_progress=False)

@@ -33,9 +33,9 @@ TagOpt = Annotated[Optional[list[str]], typer.Option("--tag", "-t", help="MLflow
 
 def _fail(e: Exception) -> None:
     if isinstance(e, QualityError):
-        err.print(f"[bold red]data quality check failed[/]\n{e.report.render_text()}")
+        err.print(f"[bold red]data quality check failed[/]\n{e.report.render_text()}", soft_wrap=True)
     else:
-        err.print(f"[bold red]error:[/] {e}")
+        err.print(f"[bold red]error:[/] {e}", soft_wrap=True)
     raise typer.Exit(1)
 
 

@@ -107,6 +107,17 @@ def test_duplicate_pairs_across_splits(tables):
     assert f"user_id={user}, item_id={item} in val row 0, test row {last}" in check.examples
 
 
+def test_duplicate_pairs_with_null_ids(tables):
+    """Float ids (a null made them float) take the slower general path and still find the duplicate."""
+    tables["train"] = pd.concat([tables["train"], tables["train"].iloc[[0]]], ignore_index=True)
+    tables["train"]["user_id"] = tables["train"]["user_id"].astype("float64")
+    tables["train"].loc[5, "user_id"] = np.nan
+    report = check_tables(tables, 0.5, 5.0, "s")
+    check = _check(report, "ratings: no duplicate (user_id, item_id) across train/val/test")
+    assert check.n_failed == 1 and f"train row 0, train row {len(tables['train']) - 1}" in check.examples[0]
+    assert _check(report, "train: no nulls").examples == ["train row 5: user_id is null"]
+
+
 def test_rated_items_missing_from_items(tables):
     tables["train"].loc[[2, 5], "item_id"] = 99999
     report = check_tables(tables, 0.5, 5.0, "s")

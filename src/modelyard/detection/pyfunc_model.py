@@ -7,6 +7,7 @@ The weights file is the model artifact ``weights`` (ultralytics ``best.pt``).
 """
 
 import mlflow
+import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 COLUMNS = ["image", "class_id", "class_name", "confidence", "x1", "y1", "x2", "y2"]
@@ -35,9 +36,7 @@ class YoloDetector(PythonModel):
         """ultralytics Results for one image (path, URL, PIL image or array)."""
         return self.model.predict(image, conf=conf, device=device, verbose=False)
 
-    def predict(self, context, model_input, params=None):
-        import pandas as pd
-
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         params = params or {}
         conf, device = float(params.get("conf", 0.25)), str(params.get("device", "cpu"))
         images = model_input["image"].tolist() if hasattr(model_input, "columns") else list(model_input)

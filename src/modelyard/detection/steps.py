@@ -18,6 +18,13 @@ from modelyard.errors import DataError, DownloadError, ModelyardError
 console = Console(stderr=True)
 
 
+def _tracking_uri(tracking_uri: str, volume: str | None = None) -> str:
+    """The given URI, else MLFLOW_TRACKING_URI, else the SQLite file in the volume."""
+    from modelyard.settings import Settings
+
+    return tracking_uri or Settings.resolve(workspace=volume).tracking_uri
+
+
 def download(volume: str, source: str, classes: str = "", sha256: str = "", dataset: str = "") -> dict:
     """Fetch the archive once into `<volume>/raw/detection/<dataset>/` and extract it, safely, to
     `<volume>/datasets/detection/<dataset>/`. `source`: path, file:// or http(s):// URL of a .tar.gz /
@@ -128,7 +135,7 @@ def train(
     chosen, why = yolo_env.choose_weights(volume, weights, offline)
     console.print(f"train: {why}")
     result = train_detector(
-        volume, tracking_uri, ddata.resolve_dataset_dir(volume, dataset), model=model, weights=chosen,
+        volume, _tracking_uri(tracking_uri, volume), ddata.resolve_dataset_dir(volume, dataset), model=model, weights=chosen,
         epochs=epochs, batch_size=batch_size, imgsz=imgsz, device=str(device), random_state=random_state,
         workers=workers, tags={**{str(k): str(v) for k, v in tags.items()}, "start": why},
     )
@@ -140,7 +147,7 @@ def validate(volume: str, tracking_uri: str, run_id: str, batch_size: int = 16, 
     test (test_ prefix), and log the scores to that run."""
     from modelyard.detection.evaluate import EVAL_METRICS, validate_run
 
-    metrics = validate_run(volume, tracking_uri, run_id, batch_size=batch_size, device=str(device), workers=workers)
+    metrics = validate_run(volume, _tracking_uri(tracking_uri, volume), run_id, batch_size=batch_size, device=str(device), workers=workers)
     shown = {k: round(v, 4) for k, v in metrics.items() if k in EVAL_METRICS or k.removeprefix("test_") in EVAL_METRICS}
     console.print(f"validate {run_id}: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
     return shown
@@ -155,7 +162,7 @@ def promote(tracking_uri: str, run_id: str, model_name: str = "yolo-detector", m
     from modelyard.registry import Gate, promote_if_better
     from modelyard.tracking import configure
 
-    configure(tracking_uri)
+    configure(_tracking_uri(tracking_uri))
     if not model_uri:
         model_uri = MlflowClient().get_run(run_id).data.tags.get("model_uri", "")
         if not model_uri:

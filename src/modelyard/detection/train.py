@@ -11,6 +11,7 @@ import csv
 import json
 import logging
 import re
+import warnings
 from pathlib import Path
 
 from modelyard.detection import yolo_env
@@ -90,7 +91,9 @@ def _log_dataset_input(info: dict, dataset_dir: Path) -> None:
         from mlflow.data.dataset_source_registry import resolve_dataset_source
         from mlflow.data.meta_dataset import MetaDataset
 
-        source = resolve_dataset_source(str(info.get("source") or dataset_dir))
+        with warnings.catch_warnings():  # "can be interpreted in multiple ways": local artifact source is right
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(str(info.get("source") or dataset_dir))
         mlflow.log_input(MetaDataset(source=source, name=info["name"], digest=info["digest"][:32]), context="training")
     except Exception as e:  # noqa: BLE001 - the tags above already record the dataset
         log.warning("could not log the dataset as an MLflow input (%s); it is recorded in the run tags", e)
@@ -184,13 +187,15 @@ def train_detector(
                 mlflow.log_artifact(str(save_dir / artifact), artifact_path="training")
         mlflow.log_artifact(str(data_yaml), artifact_path="dataset")
         mlflow.log_artifact(str(dataset_dir / CLASSES_FILE), artifact_path="dataset")
-        model_info = mlflow.pyfunc.log_model(
-            name=MODEL_ARTIFACT,
-            python_model=str(PYFUNC_CODE),
-            artifacts={"weights": str(best)},
-            signature=model_signature(),
-            pip_requirements=pip_requirements(),
-        )
+        with warnings.catch_warnings():  # no type hints / input example: the explicit signature covers both
+            warnings.simplefilter("ignore", UserWarning)
+            model_info = mlflow.pyfunc.log_model(
+                name=MODEL_ARTIFACT,
+                python_model=str(PYFUNC_CODE),
+                artifacts={"weights": str(best)},
+                signature=model_signature(),
+                pip_requirements=pip_requirements(),
+            )
         mlflow.set_tags({"model_uri": model_info.model_uri, "weights_dir": str(save_dir / "weights")})
         final = read_results_csv(save_dir / "results.csv")
         last = final[max(final)] if final else {}

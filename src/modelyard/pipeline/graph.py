@@ -19,6 +19,7 @@ class Step:
     inputs: dict[str, str] = field(default_factory=dict)  # argument -> "step.output"
     after: tuple[str, ...] = ()  # ordering-only dependencies (e.g. train after check)
     outputs: tuple[str, ...] = ()  # names of the outputs other steps may use
+    metrics: bool = False  # its numeric outputs are metrics (Kubeflow: also an Output[Metrics] artifact)
 
     def signature(self) -> inspect.Signature:
         return inspect.signature(self.fn)

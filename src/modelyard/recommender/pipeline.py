@@ -39,7 +39,7 @@ def build(preset: str = "textbook") -> Pipeline:
             Step("train", steps.train, inputs={"dataset_digest": "ingest.dataset_digest"}, after=("check",),
                  outputs=("run_id", "model_uri")),
             Step("validate", steps.validate, inputs={"run_id": "train.run_id"},
-                 outputs=("rmse", "mae", "precision_at_k", "recall_at_k")),
+                 outputs=("rmse", "mae", "precision_at_k", "recall_at_k"), metrics=True),
             Step("promote", steps.promote, inputs={"run_id": "train.run_id", "model_uri": "train.model_uri"},
                  after=("validate",), outputs=("promoted", "version")),
         ],

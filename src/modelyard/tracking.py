@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
+import warnings
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -17,6 +19,15 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from modelyard.errors import TrackingError  # noqa: E402
 from modelyard.settings import artifacts_dir, tensorboard_dir  # noqa: E402
+
+# Known, understood MLflow notices that would otherwise drown the pipeline's own output.
+warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+logging.getLogger("alembic").setLevel(logging.WARNING)
+# modelyard logs PyTorch models in the pickle format on purpose (the pyfunc flavor needs it); the warning
+# about unpickling untrusted files applies to models from elsewhere, not to the ones this pipeline wrote.
+logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
 
 HEALTH_RETRIES = 5
 HEALTH_BACKOFF_S = 1.0

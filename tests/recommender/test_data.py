@@ -220,3 +220,19 @@ def test_index_ids_and_encode():
     empty_users, empty_items = index_ids(train.iloc[:0])
     u, i, _, known = encode(test, empty_users, empty_items)
     assert u.tolist() == [-1] * 4 and not known.any()
+
+
+def test_empty_id_is_an_error_but_an_empty_rating_is_left_to_the_checks(tmp_path):
+    movies = "movieId,title,genres\r\n2,NA,Drama\r\n3,\"a, b\",Comedy\r\n"
+    path = tmp_path / "ml-latest-small.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("ml-latest-small/ratings.csv", "userId,movieId,rating,timestamp\r\n1,2,,5\r\n1,3,4.0,6\r\n,3,3.0,7\r\n")
+        zf.writestr("ml-latest-small/movies.csv", movies)
+    with pytest.raises(DataError, match=r"ratings.csv row 3 \(line 4\), column 'userId' is empty"):
+        read_release(path, "ml-latest-small")
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("ml-latest-small/ratings.csv", "userId,movieId,rating,timestamp\r\n1,2,,5\r\n1,3,4.0,6\r\n")
+        zf.writestr("ml-latest-small/movies.csv", movies)
+    ratings, items = read_release(path, "ml-latest-small")
+    assert ratings["rating"].isna().tolist() == [True, False]
+    assert items["title"].tolist() == ["NA", "a, b"]  # a title is never read as a missing value

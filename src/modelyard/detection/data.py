@@ -191,7 +191,7 @@ def safe_extract(archive: str | Path, dest: str | Path) -> None:
                         shutil.copyfileobj(src, f, 1 << 20)
     except DownloadError:
         raise
-    except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as e:
+    except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, RuntimeError, NotImplementedError) as e:
         raise DownloadError(f"{archive.name} is truncated or corrupt and could not be extracted ({type(e).__name__}: {e})") from None
 
 

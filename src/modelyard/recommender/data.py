@@ -133,18 +133,30 @@ class _Archive:
         return f"{self.path}: {member}"
 
 
+# pandas' default missing-value markers: a float column parses them to NaN (left to the quality checks).
+_NA_STRINGS = frozenset({
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA",
+    "NULL", "NaN", "None", "n/a", "nan", "null",
+})
+
+
 def _first_bad_value(frame: pd.DataFrame, numeric: dict[str, str], row_offset: int):
-    """(row, column, value) of the first value in `numeric` columns that is empty or not a number."""
-    for col in numeric:
+    """(row, column, value) of the first value that failed to parse: in an int column anything but an integer,
+    in a float column anything but a number or a missing-value marker."""
+    first = None
+    for col, kind in numeric.items():
         raw = frame[col]
         parsed = pd.to_numeric(raw, errors="coerce")
         bad = parsed.isna().to_numpy().copy()
-        if numeric[col] == "int":
+        if kind == "int":
             bad |= (parsed.notna() & (parsed != np.floor(parsed.fillna(0)))).to_numpy()
+        else:
+            bad &= ~raw.str.strip().isin(_NA_STRINGS).to_numpy()
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            return row_offset + i, col, raw.iloc[i]
-    return None
+            if first is None or i < first[0]:
+                first = (i, col, raw.iloc[i])
+    return None if first is None else (row_offset + first[0], first[1], first[2])
 
 
 def _raise_bad_value(arc: _Archive, member: str, read_strings, numeric: dict[str, str], header: bool, error: Exception):

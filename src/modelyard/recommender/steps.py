@@ -157,7 +157,7 @@ def train(volume: str, lake: str, tracking_uri: str, dataset_digest: str, datase
         with tempfile.TemporaryDirectory() as tmp:
             extra = _serving_files(Path(tmp), store, dataset, users_index, items_index)
             info = mlflow.pytorch.log_model(
-                net, name="model", serialization_format="pickle",
+                net, name="model", serialization_format="pickle",  # a dict-free pyfunc flavor needs pickle
                 signature=infer_signature(sample.numpy(), prediction), input_example=sample.numpy(),
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "modelyard"],
                 extra_files=extra)

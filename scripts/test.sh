@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up (idempotent) and run the whole test suite. Tests start every server they need themselves.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export MLFLOW_DISABLE_TELEMETRY=true
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,78 @@
+"""Bad input stops the pipeline with a clear message and a non-zero exit; nothing is trained or promoted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from movielens_factory import make_movielens_zip, truncate_zip, write_not_a_zip
+
+from modelyard.cli import app
+
+runner = CliRunner()
+
+
+def run_pipeline(workspace: Path, *args: str):
+    return runner.invoke(app, ["run", "recommender", "-w", str(workspace), "-p", "epochs=1", *args], catch_exceptions=False)
+
+
+def assert_nothing_trained(workspace: Path, failed_step: str) -> dict:
+    record = json.loads(next((workspace / "runs").glob("*.json")).read_text())
+    statuses = {s["name"]: s["status"] for s in record["steps"]}
+    assert record["status"] == "failed" and statuses[failed_step] == "failed"
+    assert statuses["train"] == statuses["promote"] == "pending"
+    assert not (workspace / "mlartifacts").exists()
+    return record
+
+
+def test_ratings_without_rating_column(tmp_path, http_served_dir, http_server):
+    make_movielens_zip(http_served_dir / "ml-latest-small.zip", rating_column=False)
+    result = run_pipeline(tmp_path / "ws", "--source", f"{http_server}/ml-latest-small.zip")
+    assert result.exit_code == 1
+    assert "ml-latest-small/ratings.csv" in result.output and "'rating'" in result.output
+    assert_nothing_trained(tmp_path / "ws", "ingest")
+    assert not (tmp_path / "ws" / "lake" / "movielens" / "ml-latest-small" / "_manifest.json").exists()
+
+
+def test_rating_of_seven_fails_the_quality_check(tmp_path):
+    written = make_movielens_zip(tmp_path / "ml.zip", bad_rating=7, bad_row=4)
+    result = run_pipeline(tmp_path / "ws", "--source", str(written.path))
+    assert result.exit_code == 1
+    assert "data quality check failed" in result.output and "rating=7.0" in result.output
+    record = assert_nothing_trained(tmp_path / "ws", "check")
+    assert "rating" in record["steps"][2]["error"]
+
+
+def test_corrupt_zip(tmp_path):
+    written = make_movielens_zip(tmp_path / "ml.zip")
+    truncate_zip(written.path)
+    result = run_pipeline(tmp_path / "ws", "--source", str(written.path))
+    assert result.exit_code == 1 and "ml-latest-small.zip" in result.output
+    assert_nothing_trained(tmp_path / "ws", "ingest")
+    bad = write_not_a_zip(tmp_path / "bad.zip")
+    result = run_pipeline(tmp_path / "ws2", "--source", f"file://{bad}")
+    assert result.exit_code == 1 and "zip" in result.output.lower()
+
+
+def test_checksum_mismatch_leaves_no_download(tmp_path, http_served_dir, http_server):
+    make_movielens_zip(http_served_dir / "ml-latest-small.zip")
+    result = run_pipeline(tmp_path / "ws", "--source", f"{http_server}/ml-latest-small.zip", "--sha256", "0" * 64)
+    assert result.exit_code == 1 and "checksum mismatch" in result.output and "0" * 64 in result.output
+    assert_nothing_trained(tmp_path / "ws", "download")
+    assert list((tmp_path / "ws" / "raw" / "movielens").iterdir()) == []
+
+
+def test_unknown_dataset_name(tmp_path):
+    result = run_pipeline(tmp_path / "ws", "--dataset", "ml-7b")
+    assert result.exit_code == 1
+    assert "ml-7b" in result.output and "ml-latest-small" in result.output and "ml-25m" in result.output
+
+
+def test_unknown_parameter_and_bad_value(tmp_path):
+    result = run_pipeline(tmp_path / "ws", "-p", "epoch=3")
+    assert result.exit_code == 1 and "epoch" in result.output and "epochs" in result.output
+    result = run_pipeline(tmp_path / "ws", "-p", "batch_size=big")
+    assert result.exit_code == 1 and "batch_size" in result.output

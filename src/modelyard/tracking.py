@@ -7,6 +7,7 @@ import os
 import time
 import warnings
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -29,15 +30,41 @@ logging.getLogger("alembic").setLevel(logging.WARNING)
 # about unpickling untrusted files applies to models from elsewhere, not to the ones this pipeline wrote.
 logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
 
-HEALTH_RETRIES = 5
-HEALTH_BACKOFF_S = 1.0
+HEALTH_RETRIES = 5  # MODELYARD_TRACKING_RETRIES overrides
+HEALTH_BACKOFF_S = 1.0  # MODELYARD_TRACKING_BACKOFF_S overrides; the wait grows linearly: 1x, 2x, ...
+
+
+def _env_number(name: str, default, cast, minimum):
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = cast(raw)
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        raise TrackingError(f"{name}={raw!r}: expected a {cast.__name__} >= {minimum}")
+    return value
+
+
+def _redacted(uri: str) -> str:
+    """The URI without a password (http://user:secret@host -> http://user:***@host)."""
+    parsed = urllib.parse.urlsplit(uri)
+    if parsed.password is None:
+        return uri
+    netloc = f"{parsed.username}:***@{parsed.hostname}" + (f":{parsed.port}" if parsed.port else "")
+    return urllib.parse.urlunsplit(parsed._replace(netloc=netloc))
 
 
 def _check_server(tracking_uri: str) -> None:
     """Fail fast, naming the URI, when a remote MLflow server is down (bounded retries, no stack trace)."""
+    retries = _env_number("MODELYARD_TRACKING_RETRIES", HEALTH_RETRIES, int, 1)
+    backoff = _env_number("MODELYARD_TRACKING_BACKOFF_S", HEALTH_BACKOFF_S, float, 0.0)
     url = tracking_uri.rstrip("/") + "/health"
     last = None
-    for attempt in range(HEALTH_RETRIES):
+    for attempt in range(retries):
+        if attempt:
+            time.sleep(backoff * attempt)
         try:
             with urllib.request.urlopen(url, timeout=5) as response:
                 if response.status == 200:
@@ -45,10 +72,11 @@ def _check_server(tracking_uri: str) -> None:
                 last = f"HTTP {response.status}"
         except urllib.error.HTTPError as e:
             last = f"HTTP {e.code}"
-        except (urllib.error.URLError, OSError) as e:
+        except (urllib.error.URLError, OSError, ValueError) as e:
             last = str(getattr(e, "reason", e))
-        time.sleep(HEALTH_BACKOFF_S * (attempt + 1))
-    raise TrackingError(f"MLflow tracking server {tracking_uri} is unreachable after {HEALTH_RETRIES} attempts ({last})")
+    raise TrackingError(f"MLflow tracking server {_redacted(tracking_uri)} is unreachable after {retries} "
+                        f"attempt{'s' if retries != 1 else ''} ({last}); start the server or fix the tracking URI "
+                        "(MLFLOW_TRACKING_URI)")
 
 
 def configure(tracking_uri: str) -> MlflowClient:

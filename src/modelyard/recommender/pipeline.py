@@ -21,7 +21,7 @@ def default_params(preset: str = "textbook") -> dict[str, Any]:
         "val_size": 0.15, "test_size": 0.10,
         **PRESETS[preset],
         "preset": preset, "warm_start": "", "tags": "{}", "experiment": steps.EXPERIMENT,
-        "top_k": 50, "threshold": 3.0,
+        "top_k": 50, "threshold": 3.0, "ranking_users": 0,
         "model_name": steps.MODEL_NAME, "rmse_threshold": 0.0, "precision_threshold": -0.3, "recall_threshold": -0.2,
     }
 

@@ -188,8 +188,12 @@ def _serving_files(folder: Path, store: Lake, dataset: str, users_index, items_i
 
 
 def validate(volume: str, lake: str, tracking_uri: str, run_id: str, dataset: str = mldata.DEFAULT_RELEASE,
-             top_k: int = 50, threshold: float = 3.0) -> dict:
-    """Load the run's model back from MLflow and log validation metrics to that same run."""
+             top_k: int = 50, threshold: float = 3.0, ranking_users: int = 0, random_state: int = 42) -> dict:
+    """Load the run's model back from MLflow and log validation metrics to that same run.
+
+    Full-catalog ranking scores every item for every validation user; `ranking_users` > 0 ranks a seeded
+    sample of that many users instead (for the MLP model on ml-25m, whose every score is an MLP pass).
+    """
     import mlflow
 
     from modelyard.recommender.evaluate import precision_recall_at_k, predict, ranking_metrics, rmse, mae
@@ -205,7 +209,12 @@ def validate(volume: str, lake: str, tracking_uri: str, run_id: str, dataset: st
     precision, recall = precision_recall_at_k(vu, vr, pred, top_k=top_k, threshold=threshold)
     metrics = {"rmse": rmse(vr, pred), "mae": mae(vr, pred), "precision_at_k": precision, "recall_at_k": recall,
                "n_val_ratings": len(vr), "n_val_unknown": unknown}
-    ranking = ranking_metrics(net, vu, vi, vr, tu, ti, n_items=len(items_index), top_k=top_k, threshold=threshold)
+    ru, ri, rr = vu, vi, vr
+    if ranking_users and len(np.unique(vu)) > ranking_users:
+        sample = np.random.default_rng(random_state).choice(np.unique(vu), size=ranking_users, replace=False)
+        keep = np.isin(vu, sample)
+        ru, ri, rr = vu[keep], vi[keep], vr[keep]
+    ranking = ranking_metrics(net, ru, ri, rr, tu, ti, n_items=len(items_index), top_k=top_k, threshold=threshold)
     metrics.update({k: float(v) for k, v in ranking.items()})
     tracking.log_metrics(run_id, metrics)
     items = store.read_table(table(dataset, "items"))

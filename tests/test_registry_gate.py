@@ -1,0 +1,81 @@
+"""The promotion gate's arithmetic and the registry's alias moves, on a real SQLite MLflow store."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from modelyard import registry
+from modelyard.errors import RegistryError
+from modelyard.registry import Gate, decide
+
+TEXTBOOK = [Gate("rmse", "lower", 0.0), Gate("precision_at_k", "higher", -0.3), Gate("recall_at_k", "higher", -0.2)]
+
+
+def test_signed_thresholds_as_in_the_textbook():
+    staging = {"rmse": 0.90, "precision_at_k": 0.60, "recall_at_k": 0.50}
+    # rmse equal (delta 0 <= 0), precision down 0.3 (>= -0.3), recall down 0.2 (>= -0.2): passes at the edges
+    ok, reasons = decide({"rmse": 0.90, "precision_at_k": 0.30, "recall_at_k": 0.30}, staging, TEXTBOOK)
+    assert ok and len(reasons) == 3 and all(r.endswith("pass") for r in reasons)
+    ok, reasons = decide({"rmse": 0.9001, "precision_at_k": 0.9, "recall_at_k": 0.9}, staging, TEXTBOOK)
+    assert not ok and reasons[0].endswith("FAIL") and "+0.0001" in reasons[0]
+    ok, reasons = decide({"rmse": 0.5, "precision_at_k": 0.29, "recall_at_k": 0.9}, staging, TEXTBOOK)
+    assert not ok and reasons[1].endswith("FAIL")
+    ok, reasons = decide({"rmse": 0.5, "precision_at_k": 0.9}, staging, TEXTBOOK)
+    assert not ok and "recall_at_k: missing on the challenger" in reasons[2]
+
+
+def test_a_positive_threshold_demands_improvement():
+    ok, _ = decide({"map50_95": 0.31}, {"map50_95": 0.30}, [Gate("map50_95", "higher", 0.02)])
+    assert not ok
+    ok, _ = decide({"map50_95": 0.33}, {"map50_95": 0.30}, [Gate("map50_95", "higher", 0.02)])
+    assert ok
+
+
+@pytest.fixture
+def store(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    experiment = mlflow.create_experiment("gate", artifact_location=(tmp_path / "art").as_uri())
+
+    class Constant(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input):
+            return [1.0] * len(model_input)
+
+    def make_run(rmse: float) -> str:
+        with mlflow.start_run(experiment_id=experiment) as run:
+            mlflow.log_metrics({"rmse": rmse, "precision_at_k": 0.5, "recall_at_k": 0.5})
+            mlflow.pyfunc.log_model(name="model", python_model=Constant(), pip_requirements=["mlflow"])
+        return run.info.run_id
+
+    return make_run
+
+
+def test_alias_moves_only_through_the_gate_and_rolls_back(store):
+    first, worse, better = store(1.0), store(1.2), store(0.8)
+    d1 = registry.promote_if_better("m", first, f"runs:/{first}/model", TEXTBOOK)
+    assert d1.promoted and d1.version == "1"
+    d2 = registry.promote_if_better("m", worse, f"runs:/{worse}/model", TEXTBOOK)
+    assert not d2.promoted and d2.version == "2"
+    assert str(registry.require_alias("m", "staging").version) == "1"
+    d3 = registry.promote_if_better("m", better, f"runs:/{better}/model", TEXTBOOK)
+    assert d3.promoted and d3.previous_version == "1"
+    assert str(registry.require_alias("m", "staging").version) == "3"
+    # the same run again: nothing changes, no new version
+    again = registry.promote_if_better("m", better, f"runs:/{better}/model", TEXTBOOK)
+    assert not again.promoted and len(MlflowClient().search_model_versions("name='m'")) == 3
+    # prod by hand, then rollback walks the history back
+    with pytest.raises(RegistryError, match="@prod.*@staging -> v3"):
+        registry.require_alias("m", "prod")
+    registry.promote_version("m", "prod", 1)
+    registry.promote_version("m", "prod", 3)
+    back = registry.rollback("m", "prod")
+    assert back.version == "1" and str(registry.require_alias("m", "prod").version) == "1"
+    with pytest.raises(RegistryError, match="no earlier version"):
+        registry.rollback("m", "prod")
+    with pytest.raises(RegistryError, match="has no version 9"):
+        registry.promote_version("m", "prod", 9)
+    tags = MlflowClient().get_model_version("m", "2").tags
+    assert tags["modelyard.decision.staging"].startswith("rejected") and "rmse: 1.2000 vs 1.0000" in tags["modelyard.reasons.staging"]

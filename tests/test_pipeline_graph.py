@@ -50,3 +50,13 @@ def test_failed_step_is_recorded(tmp_path):
     saved = json.loads(next((tmp_path / "runs").glob("*.json")).read_text())
     assert saved["status"] == "failed"
     assert [(s["status"], s["error"]) for s in saved["steps"]] == [("failed", "RuntimeError: bad x"), ("pending", None)]
+
+
+def test_run_record_keeps_no_secrets(tmp_path):
+    def step(tracking_uri: str, aws_secret_access_key: str = "") -> dict:
+        return {}
+
+    pipe = Pipeline("p", [Step("s", step)], params={"tracking_uri": "", "aws_secret_access_key": ""})
+    record = LocalRunner(tmp_path).run(pipe, {"tracking_uri": "https://ann:hunter2@mlflow.example/", "aws_secret_access_key": "hunter2"})
+    text = open(record.path).read()
+    assert "hunter2" not in text and "https://ann:***@mlflow.example/" in text

@@ -48,6 +48,14 @@ def _metrics_table(title: str, metrics: dict) -> Table:
     return table
 
 
+def _check_tracking(settings: Settings) -> None:
+    """A remote MLflow server that is down fails the run before any step, not after the download."""
+    if settings.tracking_uri.startswith(("http://", "https://")):
+        from modelyard import tracking
+
+        tracking.configure(settings.tracking_uri)
+
+
 def _print_run(record) -> None:
     steps = Table(title=f"pipeline run {record.run_id}")
     for col in ("step", "status", "seconds"):
@@ -75,6 +83,7 @@ def run_recommender(
 
     try:
         settings = Settings.resolve(workspace=workspace, lake=lake)
+        _check_tracking(settings)
         pipeline = build(preset)
         params = coerce_params(parse_pairs(param), pipeline.params)
         params.update(volume=settings.volume, lake=settings.lake, tracking_uri=settings.tracking_uri,
@@ -107,6 +116,7 @@ def run_detection(
         from modelyard.detection.pipeline import build, choose_weights
 
         settings = Settings.resolve(workspace=workspace)
+        _check_tracking(settings)
         pipeline = build()
         params = coerce_params(parse_pairs(param), pipeline.params)
         if "weights" not in params and "model" not in params:
@@ -254,17 +264,19 @@ def compile_pipeline(
     image: Annotated[str, typer.Option(help="Container image the components run in.")] = "modelyard:latest",
     preset: Annotated[str, typer.Option(help="Recommender hyperparameter preset for the defaults.")] = "textbook",
     pvc_size: Annotated[str, typer.Option("--pvc-size", help="Size of the shared volume.")] = "10Gi",
-    storage_class: Annotated[str, typer.Option("--storage-class", help="Storage class of the PVC (cluster default if empty).")] = "",
+    storage_class: Annotated[str, typer.Option("--storage-class", help="StorageClass of the PVC; name one (see docs/kubeflow.md).")] = "",
     access_mode: Annotated[str, typer.Option("--access-mode", help="PVC access mode.")] = "ReadWriteOnce",
     mount_path: Annotated[str, typer.Option("--mount-path", help="Where every step mounts the volume.")] = "/mnt/pipeline",
     delete_pvc: Annotated[bool, typer.Option("--delete-pvc/--keep-pvc", help="Delete the PVC after the last step.")] = False,
+    s3_secret: Annotated[str, typer.Option("--s3-secret", help="Kubernetes Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY for an s3:// lake.")] = "",
+    s3_endpoint: Annotated[str, typer.Option("--s3-endpoint", help="S3/MinIO endpoint set as MODELYARD_S3_ENDPOINT in every step.")] = "",
 ) -> None:
     """Compile a pipeline to Kubeflow Pipelines v2 YAML (shared PVC via kfp-kubernetes)."""
     from modelyard.pipeline.kubeflow import ClusterOptions, compile_pipeline as compile_kfp
 
     try:
         options = ClusterOptions(image=image, pvc_size=pvc_size, storage_class=storage_class, access_mode=access_mode,
-                                 mount_path=mount_path, delete_pvc=delete_pvc)
+                                 mount_path=mount_path, delete_pvc=delete_pvc, s3_secret=s3_secret, s3_endpoint=s3_endpoint)
         path = compile_kfp(target, output, options, preset=preset)
     except (ModelyardError, ValueError) as e:
         _fail(e)

@@ -23,6 +23,8 @@ def _s3_filesystem() -> pafs.S3FileSystem:
     kwargs = {"region": os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"}
     endpoint = s3_endpoint()
     if endpoint:
+        if "://" not in endpoint:  # "minio:9000": urlparse would read "minio" as the scheme
+            endpoint = f"https://{endpoint}"
         parsed = urllib.parse.urlparse(endpoint)
         kwargs["endpoint_override"] = parsed.netloc or parsed.path
         kwargs["scheme"] = parsed.scheme or "https"

@@ -83,8 +83,16 @@ def configure(tracking_uri: str) -> MlflowClient:
     """Point MLflow (tracking and registry) at `tracking_uri`; a remote server must answer /health."""
     if tracking_uri.startswith(("http://", "https://")):
         _check_server(tracking_uri)
+    # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI, which Settings reads as the user's own choice:
+    # a later Settings.resolve() in this process (a notebook's next run in another workspace, the next test)
+    # would silently inherit this URI. Put the variable back as it was; MLflow keeps the URI in its global.
+    exported = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
+    if exported is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = exported
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 

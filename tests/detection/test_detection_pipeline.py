@@ -23,7 +23,7 @@ def chain(tmp_path_factory):
     """Run the pipeline once through the LocalRunner; yields (volume, tracking_uri, run record, download digest)."""
     import importlib.util
 
-    from modelyard.detection.pipeline import build_pipeline
+    from modelyard.detection.pipeline import build
     from modelyard.pipeline.local import LocalRunner
 
     name = "modelyard_tests_detection_factory"  # as conftest.py loads it: by path, under a unique name
@@ -36,9 +36,9 @@ def chain(tmp_path_factory):
     volume = tmp / "volume"
     archive, classes = factory.make_archive(tmp)
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    pipeline = build_pipeline()
+    pipeline = build()
     params = dict(volume=str(volume), tracking_uri=uri, source=str(archive), classes=str(classes), weights="",
-                  epochs=2, imgsz=64, batch_size=8, tags_json='{"suite": "tests"}')
+                  epochs=2, imgsz=64, batch_size=8, tags='{"suite": "tests"}')
     record = LocalRunner(volume).run(pipeline, params)
     return volume, uri, record, pipeline, params
 
@@ -49,7 +49,8 @@ def test_chain_outputs(chain):
     out = record.outputs()
     assert (out["split"]["n_train"], out["split"]["n_val"], out["split"]["n_test"]) == (18, 4, 2)
     assert out["check"]["n_images"] == 24
-    assert out["promote"] == {"promoted": True, "version": "1", "reason": out["promote"]["reason"]}
+    assert out["promote"]["promoted"] is True and out["promote"]["version"] == "1"
+    assert "promoted to @staging" in out["promote"]["decision"]
     assert "first candidate" in out["promote"]["reason"]
     for name in ("map50", "map50_95", "precision", "recall", "test_map50", "test_map50_95"):
         assert 0.0 <= out["validate"][name] <= 1.0
@@ -155,3 +156,11 @@ def test_choose_weights(tmp_path, monkeypatch):
     yolo_env.weights_dir(tmp_path).mkdir(parents=True)
     (yolo_env.weights_dir(tmp_path) / "yolov8n.pt").write_bytes(b"x")
     assert yolo_env.choose_weights(tmp_path, "auto", offline=True)[0] == "yolov8n.pt"
+
+
+def test_pipeline_choose_weights_for_the_cli(tmp_path, monkeypatch):
+    from modelyard.detection.pipeline import build, choose_weights
+
+    monkeypatch.setattr(yolo_env, "network_available", lambda *a, **k: False)
+    assert choose_weights(offline=False, volume=str(tmp_path)) == {"weights": ""}
+    assert set(choose_weights(offline=True, volume=str(tmp_path))) <= set(build().params)

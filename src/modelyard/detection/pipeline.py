@@ -2,49 +2,60 @@
 
 from __future__ import annotations
 
-from modelyard.detection import steps
+from typing import Any
+
+from modelyard.detection import steps, yolo_env
 from modelyard.pipeline.graph import Pipeline, Step
 
+SETTINGS_PARAMS = {"volume": "", "tracking_uri": ""}  # filled from Settings at run time
 
-PARAMS = {
-    "volume": ".modelyard",
-    "tracking_uri": "",
-    "source": "",
-    "classes": "",
-    "sha256": "",
-    "dataset": "",
-    "val_size": 0.15,
-    "test_size": 0.10,
-    "random_state": 42,
-    "model": "yolov8n.yaml",
-    "weights": "auto",
-    "offline": False,
-    "epochs": 12,
-    "batch_size": 16,
-    "imgsz": 256,
-    "device": "cpu",
-    "workers": 0,
-    "tags_json": "{}",
-    "model_name": "yolo-detector",
-    "map50_95_threshold": 0.0,
+PARAMS: dict[str, Any] = {
+    **SETTINGS_PARAMS,
+    "source": "", "classes": "", "sha256": "", "dataset": "",
+    "val_size": 0.15, "test_size": 0.10, "random_state": 42,
+    "model": yolo_env.DEFAULT_ARCH, "weights": "auto", "offline": False,
+    "epochs": 12, "batch_size": 16, "imgsz": 256, "device": "cpu", "workers": 0, "tags": "{}",
+    "model_name": "yolo-detector", "map50_95_threshold": 0.0,
 }
 
 
-def build_pipeline(**overrides) -> Pipeline:
-    """The step graph; `overrides` change the parameters' defaults (e.g. volume, tracking_uri, source)."""
-    params = {**PARAMS, **overrides}
+def build() -> Pipeline:
     ds = {"dataset": "download.dataset"}
     return Pipeline(
         name="detection",
-        description=__doc__.splitlines()[0],
-        params=params,
+        description="YOLO object detector (ultralytics): a YOLO-format archive to a gated `staging` model",
+        params=dict(PARAMS),
         steps=[
-            Step("download", steps.download, outputs=("dataset", "dataset_dir", "digest", "n_images", "n_classes", "reused")),
-            Step("split", steps.split, inputs=ds, outputs=("n_train", "n_val", "n_test", "moved", "reused")),
+            Step("download", steps.download, outputs=("dataset", "dataset_dir", "digest", "n_images", "n_classes")),
+            Step("split", steps.split, inputs=ds, outputs=("n_train", "n_val", "n_test", "moved")),
             Step("check", steps.check, inputs=ds, after=("split",), outputs=("n_images", "n_boxes", "n_background")),
             Step("train", steps.train, inputs=ds, after=("check",), outputs=("run_id", "model_uri")),
-            Step("validate", steps.validate, inputs={"run_id": "train.run_id"}, outputs=("map50", "map50_95", "precision", "recall")),
-            Step("promote", steps.promote, inputs={"run_id": "train.run_id", "model_uri": "train.model_uri"}, after=("validate",),
-                 outputs=("promoted", "version", "reason")),
+            Step("validate", steps.validate, inputs={"run_id": "train.run_id"},
+                 outputs=("map50", "map50_95", "precision", "recall"), metrics=True),
+            Step("promote", steps.promote, inputs={"run_id": "train.run_id", "model_uri": "train.model_uri"},
+                 after=("validate",), outputs=("promoted", "version", "reason", "decision")),
         ],
     )
+
+
+def choose_weights(offline: bool = False, console=None, volume: str | None = None) -> dict[str, Any]:
+    """The `weights` parameter for this machine: yolov8n.pt (fine-tune) when it is in the volume or github.com
+    answers, else "" (yolov8n.yaml from scratch); prints why on `console`."""
+    if volume is None:
+        from modelyard.settings import Settings
+
+        volume = Settings.resolve().volume
+    weights, why = yolo_env.choose_weights(volume, "auto", offline)
+    if console is not None:
+        console.print(f"detection: {why}")
+    return {"weights": weights}
+
+
+def run(workspace: str | None = None, **params: Any):
+    """Run the pipeline from Python (notebooks): `run(source="bccd.tar.gz", classes="classes.txt", epochs=2)`."""
+    from modelyard.pipeline.local import LocalRunner
+    from modelyard.settings import Settings
+
+    settings = Settings.resolve(workspace=workspace)
+    values = {"volume": settings.volume, "tracking_uri": settings.tracking_uri, **params}
+    return LocalRunner(settings.workspace).run(build(), values)

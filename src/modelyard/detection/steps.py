@@ -115,29 +115,31 @@ def train(
     device: str = "cpu",
     random_state: int = 42,
     workers: int = 0,
-    tags_json: str = "{}",
+    tags: str = "{}",
 ) -> dict:
     """Train a YOLO detector as one MLflow run in experiment `detection`.
 
     `weights`: "auto" fine-tunes yolov8n.pt when it is in the volume or github.com answers (else, or with
     `offline`, builds `model` from scratch and says so); "" always builds `model` (a .yaml) from scratch;
-    a path or an ultralytics asset name (yolov8s.pt) fine-tunes those weights.
+    a path or an ultralytics asset name (yolov8s.pt) fine-tunes those weights. `tags`: a JSON object of run tags.
     """
     from modelyard.detection import yolo_env
     from modelyard.detection.train import train_detector
 
     try:
-        tags = json.loads(tags_json or "{}")
+        user_tags = json.loads(tags or "{}")
     except json.JSONDecodeError as e:
-        raise ModelyardError(f"tags_json is not valid JSON: {e}") from None
-    if not isinstance(tags, dict):
-        raise ModelyardError("tags_json must be a JSON object of tag names to values")
+        raise ModelyardError(f"tags is not valid JSON: {e}") from None
+    if not isinstance(user_tags, dict):
+        raise ModelyardError("tags must be a JSON object of tag names to values")
     chosen, why = yolo_env.choose_weights(volume, weights, offline)
+    if not weights:
+        why = f"training {model} from scratch (no weights given)"
     console.print(f"train: {why}")
     result = train_detector(
         volume, _tracking_uri(tracking_uri, volume), ddata.resolve_dataset_dir(volume, dataset), model=model, weights=chosen,
         epochs=epochs, batch_size=batch_size, imgsz=imgsz, device=str(device), random_state=random_state,
-        workers=workers, tags={**{str(k): str(v) for k, v in tags.items()}, "start": why},
+        workers=workers, tags={**{str(k): str(v) for k, v in user_tags.items()}, "start": why},
     )
     return result
 
@@ -170,4 +172,5 @@ def promote(tracking_uri: str, run_id: str, model_name: str = "yolo-detector", m
     gates = [Gate("map50_95", "higher", float(map50_95_threshold))]
     decision = promote_if_better(model_name, run_id, model_uri, gates, alias="staging")
     console.print(decision.summary())
-    return {"promoted": bool(decision.promoted), "version": str(decision.version or ""), "reason": "; ".join(decision.reasons)}
+    return {"promoted": bool(decision.promoted), "version": str(decision.version or ""), "reason": "; ".join(decision.reasons),
+            "decision": decision.summary()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import traceback
 import uuid
@@ -57,8 +58,13 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+_URI_PASSWORD = re.compile(r"(//[^/@:\s]+:)[^/@\s]+@")
+
+
 def _public(params: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in params.items() if "secret" not in k.lower() and "password" not in k.lower()}
+    """What may be written to a run record: no secret-named values, no passwords inside URIs."""
+    return {k: _URI_PASSWORD.sub(r"\1***@", v) if isinstance(v, str) else v
+            for k, v in params.items() if "secret" not in k.lower() and "password" not in k.lower()}
 
 
 class LocalRunner:

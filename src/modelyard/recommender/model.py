@@ -84,7 +84,7 @@ class BiasedMF(nn.Module):
     Factors start at N(0, 0.1) and biases at 0 (Surprise's SVD defaults). ``sparse=True`` makes
     every embedding produce sparse gradients (for ``SparseAdam`` or plain SGD): an update then
     touches only the rows of the batch. L2 regularisation belongs in the loss
-    (:meth:`l2_penalty`), which works with sparse gradients, not in the optimizer.
+    (:meth:`forward_with_l2`), which works with sparse gradients, not in the optimizer.
     """
 
     def __init__(
@@ -109,19 +109,20 @@ class BiasedMF(nn.Module):
         self.register_buffer("global_mean", torch.tensor(float(global_mean)))
 
     def forward(self, users: Tensor, items: Tensor) -> Tensor:
-        p, q = self.user_factors(users), self.item_factors(items)
-        bias = self.user_bias(users).squeeze(-1) + self.item_bias(items).squeeze(-1)
-        return self.global_mean + bias + (p * q).sum(-1)
+        return self.forward_with_l2(users, items)[0]
 
-    def l2_penalty(self, users: Tensor, items: Tensor) -> Tensor:
-        """Per-rating ``|p_u|^2 + |q_i|^2 + b_u^2 + b_i^2`` (shape ``[B]``), Surprise-style.
+    def forward_with_l2(self, users: Tensor, items: Tensor) -> tuple[Tensor, Tensor]:
+        """Predictions ``[B]`` and the per-rating L2 term ``|p_u|^2 + |q_i|^2 + b_u^2 + b_i^2`` ``[B]``.
 
-        Only the batch's rows enter, so sparse gradients stay sparse and frequent users/items are
-        regularised once per rating.
+        The penalty is built from the rows the prediction already looked up (one lookup, one
+        sparse gradient per table), so sparse gradients stay sparse and frequent users/items are
+        regularised once per rating (Surprise-style).
         """
         p, q = self.user_factors(users), self.item_factors(items)
         bu, bi = self.user_bias(users).squeeze(-1), self.item_bias(items).squeeze(-1)
-        return (p * p).sum(-1) + (q * q).sum(-1) + bu * bu + bi * bi
+        pred = self.global_mean + bu + bi + (p * q).sum(-1)
+        penalty = (p * p).sum(-1) + (q * q).sum(-1) + bu * bu + bi * bi
+        return pred, penalty
 
     def score_all_items(self, users: Tensor) -> Tensor:
         """Scores ``[len(users), n_items]``: one ``[U, F] @ [F, I]`` matmul plus biases."""

@@ -194,8 +194,8 @@ def make_optimizers(net: nn.Module, params: dict) -> list[torch.optim.Optimizer]
     sparse_params = [p for p in net.parameters() if id(p) in sparse]
     dense_params = [p for p in net.parameters() if id(p) not in sparse]
     lr = params["learning_rate"]
-    # Models with an l2_penalty get L2 through the loss; the others through the optimizer.
-    weight_decay = 0.0 if hasattr(net, "l2_penalty") else params["weight_decay"]
+    # Models with forward_with_l2 get L2 through the loss; the others through the optimizer.
+    weight_decay = 0.0 if hasattr(net, "forward_with_l2") else params["weight_decay"]
     name = params["optimizer"]
     if name == "sgd":
         return [torch.optim.SGD(sparse_params + dense_params, lr=lr, weight_decay=weight_decay)]
@@ -250,7 +250,8 @@ def fit(
     if has_val:
         val_users, val_items, val_ratings = _as_tensors(val, device)
     loss_fn = LOSSES[p["loss"]]
-    l2 = p["weight_decay"] if hasattr(net, "l2_penalty") else 0.0
+    # Models with forward_with_l2 (biased-mf) take their L2 in the loss, the others in the optimizer.
+    l2 = p["weight_decay"] if hasattr(net, "forward_with_l2") else 0.0
     optimizers = make_optimizers(net, p)
     n, batch_size = len(ratings), p["batch_size"]
 
@@ -277,8 +278,12 @@ def fit(
             u = epoch_users[start : start + batch_size]
             i = epoch_items[start : start + batch_size]
             r = epoch_ratings[start : start + batch_size]
-            loss = loss_fn(net(u, i), r)
-            objective = loss + l2 * net.l2_penalty(u, i).mean() if l2 else loss
+            if l2:
+                pred, penalty = net.forward_with_l2(u, i)
+                loss = loss_fn(pred, r)
+                objective = loss + l2 * penalty.mean()
+            else:
+                loss = objective = loss_fn(net(u, i), r)
             for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
             objective.backward()

@@ -1,0 +1,130 @@
+"""Every step against a shared `mlflow server` (artifacts proxied), and a clear error when it is not there."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from movielens_factory import make_movielens_zip
+from servers import free_port, start_mlflow
+
+mlflow = pytest.importorskip("mlflow")
+
+from modelyard import tracking  # noqa: E402
+from modelyard.cli import app  # noqa: E402
+from modelyard.errors import TrackingError  # noqa: E402
+from modelyard.pipeline.local import load_records  # noqa: E402
+
+runner = CliRunner()
+
+
+def flat(text: str) -> str:
+    """Rich wraps long lines at spaces: compare with whitespace collapsed."""
+    return " ".join(text.split())
+
+
+@pytest.fixture
+def env(monkeypatch):
+    for name in ("MLFLOW_TRACKING_URI", "MODELYARD_WORKSPACE", "MODELYARD_LAKE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setenv("MODELYARD_TRACKING_RETRIES", "2")
+    monkeypatch.setenv("MODELYARD_TRACKING_BACKOFF_S", "0.05")
+    previous = mlflow.get_tracking_uri()
+    yield monkeypatch
+    mlflow.set_tracking_uri(previous)
+
+
+def dead_uri() -> str:
+    return f"http://127.0.0.1:{free_port()}"  # nothing listens there
+
+
+def test_configure_names_the_uri_after_bounded_retries(env):
+    uri = dead_uri()
+    t0 = time.monotonic()
+    with pytest.raises(TrackingError) as err:
+        tracking.configure(uri)
+    assert time.monotonic() - t0 < 10
+    assert uri in str(err.value) and "after 2 attempts" in str(err.value)
+
+
+def test_a_password_in_the_uri_is_not_repeated(env):
+    port = free_port()
+    with pytest.raises(TrackingError) as err:
+        tracking.configure(f"http://alice:hunter2@127.0.0.1:{port}")
+    assert "hunter2" not in str(err.value)
+    assert f"http://alice:***@127.0.0.1:{port}" in str(err.value)
+
+
+@pytest.mark.parametrize(("name", "value"), [("MODELYARD_TRACKING_RETRIES", "0"), ("MODELYARD_TRACKING_RETRIES", "many"),
+                                             ("MODELYARD_TRACKING_BACKOFF_S", "-1")])
+def test_bad_retry_settings_are_named(env, name, value):
+    env.setenv(name, value)
+    with pytest.raises(TrackingError, match=name):
+        tracking.configure(dead_uri())
+
+
+def test_a_down_server_stops_the_run_with_one_clear_error_and_nothing_registered(env, tmp_path):
+    uri = dead_uri()
+    env.setenv("MLFLOW_TRACKING_URI", uri)
+    written = make_movielens_zip(tmp_path / "ml-latest-small.zip", n_users=20, n_items=30, n_ratings=200)
+    workspace = tmp_path / "ws"
+    result = runner.invoke(app, ["run", "recommender", "--source", str(written.path), "-w", str(workspace),
+                                 "-p", "epochs=1", "-p", "batch_size=1024"])
+    output = flat(result.output)
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert f"error: MLflow tracking server {uri} is unreachable after 2 attempts" in output
+    assert output.count(uri) == 1, "one error, said once"
+    # the server is checked before the first step: nothing downloaded, trained, logged or registered
+    assert load_records(workspace) == []
+    assert not (workspace / "raw").exists() and not (workspace / "mlartifacts").exists()
+
+    # the registry commands say the same
+    result = runner.invoke(app, ["models", "-w", str(workspace)])
+    assert result.exit_code == 1 and uri in flat(result.output) and "Traceback" not in result.output
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    server = start_mlflow(tmp_path_factory.mktemp("mlflow-server"), timeout_s=90)
+    yield server
+    server.stop()
+    assert not server.alive()
+
+
+@pytest.mark.slow
+def test_pipeline_runs_against_a_shared_mlflow_server(env, mlflow_server, tmp_path, http_server, http_served_dir):
+    from mlflow.tracking import MlflowClient
+
+    from modelyard.recommender.infer import Recommender
+    from modelyard.recommender.steps import EXPERIMENT, MODEL_NAME
+
+    env.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
+    make_movielens_zip(http_served_dir / "ml-latest-small.zip", n_users=30, n_items=40, n_ratings=300)
+    workspace = tmp_path / "ws"
+    result = runner.invoke(app, ["run", "recommender", "--source", f"{http_server}/ml-latest-small.zip",
+                                 "-w", str(workspace), "-p", "epochs=1", "-p", "batch_size=1024"])
+    assert result.exit_code == 0, result.output + mlflow_server.log_tail()
+
+    client = MlflowClient(tracking_uri=mlflow_server.url, registry_uri=mlflow_server.url)
+    (run,) = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
+    assert {"rmse", "precision_at_k", "recall_at_k", "train_loss"} <= set(run.data.metrics)
+    staging = client.get_model_version_by_alias(MODEL_NAME, "staging")
+    assert staging.run_id == run.info.run_id
+    # nothing of MLflow in the volume: runs in the server's store, artifacts proxied to its destination
+    assert not (workspace / "mlflow.db").exists() and not (workspace / "mlartifacts").exists()
+    artifacts = mlflow_server.log.parent / "artifacts"
+    assert any(p.name == "MLmodel" for p in artifacts.rglob("MLmodel"))
+    (record,) = load_records(workspace)
+    assert record["params"]["tracking_uri"] == mlflow_server.url
+    assert json.dumps(record).count("sqlite:") == 0
+
+    recommender = Recommender.from_registry(alias="staging", tracking_uri=mlflow_server.url)
+    user = int(recommender.known_users()[0])
+    top = recommender.recommend(user, top_k=5)
+    assert len(top) == 5 and list(top["rank"]) == [1, 2, 3, 4, 5]
+    assert recommender.version == str(staging.version)

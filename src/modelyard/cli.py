@@ -120,7 +120,7 @@ def run_detection(
         pipeline = build()
         params = coerce_params(parse_pairs(param), pipeline.params)
         if "weights" not in params and "model" not in params:
-            params.update(choose_weights(offline=offline, console=err))
+            params.update(choose_weights(offline=offline, console=err, volume=settings.volume))
         params.update(volume=settings.volume, tracking_uri=settings.tracking_uri, source=source, classes=classes,
                       sha256=sha256, tags=json.dumps(parse_pairs(tag, "--tag")))
         record = LocalRunner(settings.workspace, console=err).run(pipeline, params)

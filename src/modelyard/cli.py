@@ -40,11 +40,14 @@ def _fail(e: Exception) -> None:
 
 
 def _metrics_table(title: str, metrics: dict) -> Table:
-    table = Table(title=title)
+    table = Table(title=title, title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in metrics.items():
-        table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
+        if isinstance(value, float) and not (name.startswith("n_") and value.is_integer()):
+            table.add_row(name, f"{value:.4f}")
+        else:
+            table.add_row(name, str(int(value)) if isinstance(value, float) else str(value))
     return table
 
 
@@ -57,7 +60,7 @@ def _check_tracking(settings: Settings) -> None:
 
 
 def _print_run(record) -> None:
-    steps = Table(title=f"pipeline run {record.run_id}")
+    steps = Table(title=f"pipeline run {record.run_id}", title_justify="left")
     for col in ("step", "status", "seconds"):
         steps.add_column(col)
     for s in record.steps:

@@ -32,10 +32,11 @@ ASSETS_URL = "https://github.com/ultralytics/assets/releases/download"
 INSTALL_HINT = "pip install 'modelyard[detection]'"
 OFFLINE_ENV = "MODELYARD_OFFLINE"
 
-# ultralytics' own logger integrations: all off, modelyard.tracking logs MLflow + TensorBoard.
-# (Its TensorBoard callback would write a second copy of the same per-epoch scalars.)
+# ultralytics' own logger integrations: off but TensorBoard. modelyard.tracking logs the MLflow run and
+# the per-epoch scalars; ultralytics' TensorBoard callback adds the model graph (and its own copy of the
+# losses) in its run folder inside the volume, so `tensorboard --logdir <volume>` shows both.
 YOLO_SETTINGS = {
-    "sync": False, "mlflow": False, "tensorboard": False, "clearml": False, "comet": False,
+    "sync": False, "mlflow": False, "tensorboard": True, "clearml": False, "comet": False,
     "dvc": False, "raytune": False, "wandb": False, "hub": False, "vscode_msg": False, "openvino_msg": False,
 }
 

@@ -112,17 +112,17 @@ class BiasedMF(nn.Module):
         return self.forward_with_l2(users, items)[0]
 
     def forward_with_l2(self, users: Tensor, items: Tensor) -> tuple[Tensor, Tensor]:
-        """Predictions ``[B]`` and the per-rating L2 term ``|p_u|^2 + |q_i|^2 + b_u^2 + b_i^2`` ``[B]``.
+        """Predictions ``[B]`` and the per-rating L2 term ``|p_u|^2 + |q_i|^2`` ``[B]``.
 
-        The penalty is built from the rows the prediction already looked up (one lookup, one
-        sparse gradient per table), so sparse gradients stay sparse and frequent users/items are
-        regularised once per rating (Surprise-style).
+        The penalty reuses the rows the prediction looked up (one lookup and one sparse gradient
+        per table), so sparse gradients stay sparse and a user/item is regularised once per rating
+        (Surprise-style). Biases are not regularised: on ml-100k u1, regularising them as hard as
+        the factors cost ~0.003 RMSE.
         """
         p, q = self.user_factors(users), self.item_factors(items)
-        bu, bi = self.user_bias(users).squeeze(-1), self.item_bias(items).squeeze(-1)
-        pred = self.global_mean + bu + bi + (p * q).sum(-1)
-        penalty = (p * p).sum(-1) + (q * q).sum(-1) + bu * bu + bi * bi
-        return pred, penalty
+        bias = self.user_bias(users).squeeze(-1) + self.item_bias(items).squeeze(-1)
+        pred = self.global_mean + bias + (p * q).sum(-1)
+        return pred, (p * p).sum(-1) + (q * q).sum(-1)
 
     def score_all_items(self, users: Tensor) -> Tensor:
         """Scores ``[len(users), n_items]``: one ``[U, F] @ [F, I]`` matmul plus biases."""

@@ -17,8 +17,8 @@ optimizer      ``"sgd"``, ``"adam"`` or ``"sparse_adam"`` (SparseAdam on sparse-
                embeddings, Adam on every other parameter)
 learning_rate  initial learning rate
 weight_decay   L2 strength. mlp-mf: the optimizer's ``weight_decay``. biased-mf: added to the
-               loss as ``weight_decay * mean over the batch of (|p_u|^2 + |q_i|^2 + b_u^2 + b_i^2)``
-               (per-rating, Surprise-style), which works with sparse gradients
+               loss as ``weight_decay * mean over the batch of (|p_u|^2 + |q_i|^2)`` (per rating,
+               Surprise-style; biases unregularised), which works with sparse gradients
 step_size      StepLR: the learning rate is multiplied by ``gamma`` every ``step_size`` epochs
 gamma          (``step_size`` 0 = constant learning rate)
 epochs         maximum number of epochs

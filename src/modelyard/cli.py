@@ -267,7 +267,7 @@ def compile_pipeline(
     image: Annotated[str, typer.Option(help="Container image the components run in.")] = "modelyard:latest",
     preset: Annotated[str, typer.Option(help="Recommender hyperparameter preset for the defaults.")] = "textbook",
     pvc_size: Annotated[str, typer.Option("--pvc-size", help="Size of the shared volume.")] = "10Gi",
-    storage_class: Annotated[str, typer.Option("--storage-class", help="StorageClass of the PVC; name one (see docs/kubeflow.md).")] = "",
+    storage_class: Annotated[str, typer.Option("--storage-class", help="StorageClass of the PVC; name one (see the README).")] = "",
     access_mode: Annotated[str, typer.Option("--access-mode", help="PVC access mode.")] = "ReadWriteOnce",
     mount_path: Annotated[str, typer.Option("--mount-path", help="Where every step mounts the volume.")] = "/mnt/pipeline",
     delete_pvc: Annotated[bool, typer.Option("--delete-pvc/--keep-pvc", help="Delete the PVC after the last step.")] = False,

@@ -9,7 +9,7 @@ The generated source is registered in `linecache` so that KFP's `inspect.getsour
 Cluster build (`cluster=True`): a PVC made by `kfp.kubernetes.CreatePVC` is mounted in every step at
 `ClusterOptions.mount_path`, which is also every step's `volume` argument; `tracking_uri` and `lake`
 default to the PVC. Local build (`cluster=False`, for `kfp.local`): no PVC ops, `volume` is a pipeline
-parameter. KFP's execution cache is off for every task: see docs/kubeflow.md.
+parameter. KFP's execution cache is off for every task: see the README, "Run it on Kubeflow".
 """
 
 from __future__ import annotations

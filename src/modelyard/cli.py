@@ -60,12 +60,17 @@ def _check_tracking(settings: Settings) -> None:
 
 
 def _print_run(record) -> None:
+    """The steps with their status and time, the validation metrics and the promotion decision."""
     steps = Table(title=f"pipeline run {record.run_id}", title_justify="left")
     for col in ("step", "status", "seconds"):
         steps.add_column(col)
     for s in record.steps:
         steps.add_row(s.name, s.status, f"{s.seconds:.1f}" if s.seconds is not None else "")
     console.print(steps)
+    out = record.outputs()
+    console.print(_metrics_table(f"validation of run {out['train']['run_id']}", out["validate"]))
+    console.print(f"[bold]promotion:[/] {out['promote']['decision']}")
+    console.print(f"run record: {record.path}")
 
 
 @run_app.command("recommender")
@@ -96,10 +101,6 @@ def run_recommender(
     except (ModelyardError, ValueError) as e:
         _fail(e)
     _print_run(record)
-    out = record.outputs()
-    console.print(_metrics_table(f"validation of run {out['train']['run_id']}", out["validate"]))
-    console.print(f"[bold]promotion:[/] {out['promote']['decision']}")
-    console.print(f"run record: {record.path}")
 
 
 @run_app.command("detection")
@@ -130,10 +131,6 @@ def run_detection(
     except (ModelyardError, ValueError) as e:
         _fail(e)
     _print_run(record)
-    out = record.outputs()
-    console.print(_metrics_table(f"validation of run {out['train']['run_id']}", out["validate"]))
-    console.print(f"[bold]promotion:[/] {out['promote']['decision']}")
-    console.print(f"run record: {record.path}")
 
 
 def _registry_settings(workspace):

@@ -237,3 +237,24 @@ def test_early_stopping_keeps_best_epoch_weights():
         assert torch.equal(tensor, snapshots[result.best_epoch][name])
     pred = predict(model, val[0], val[1])
     assert float(np.mean((pred - val[2]) ** 2)) == pytest.approx(result.best_val_loss, rel=1e-5)
+
+
+def test_lazy_sparse_adam_equals_torch_sparse_adam():
+    from modelyard.recommender.train import LazySparseAdam
+
+    def run(optimizer_class):
+        torch.manual_seed(0)
+        model = BiasedMF(N_USERS, N_ITEMS, factors=4, global_mean=3.0, sparse=True)
+        optimizer = optimizer_class(list(model.parameters()), lr=0.05)
+        users, items, ratings = (torch.as_tensor(a) for a in TRAIN)
+        for start in range(0, 600, 100):  # repeated users/items inside a batch: coalescing matters
+            u, i, r = users[start : start + 100], items[start : start + 100], ratings[start : start + 100]
+            pred, penalty = model.forward_with_l2(u, i)
+            optimizer.zero_grad()
+            (torch.nn.functional.mse_loss(pred, r) + 0.1 * penalty.mean()).backward()
+            optimizer.step()
+        return model.state_dict()
+
+    ours, theirs = run(LazySparseAdam), run(torch.optim.SparseAdam)
+    for name in ours:
+        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-5, atol=1e-6)

@@ -13,8 +13,8 @@ factors        embedding size
 hidden_dims    hidden layer width (mlp-mf)
 dropout        dropout after the hidden layer (mlp-mf)
 loss           ``"l1"`` or ``"mse"``
-optimizer      ``"sgd"``, ``"adam"`` or ``"sparse_adam"`` (SparseAdam on sparse-gradient
-               embeddings, Adam on every other parameter)
+optimizer      ``"sgd"``, ``"adam"`` or ``"sparse_adam"`` (SparseAdam's update on the embeddings,
+               with sparse gradients, Adam on every other parameter)
 learning_rate  initial learning rate
 weight_decay   L2 strength. mlp-mf: the optimizer's ``weight_decay``. biased-mf: added to the
                loss as ``weight_decay * mean over the batch of (|p_u|^2 + |q_i|^2)`` (per rating,
@@ -68,21 +68,22 @@ PRESETS: dict[str, dict[str, Any]] = {
         "patience": 0,
         "device": "auto",
     },
-    # Biased MF, MSE + per-rating L2, SparseAdam with large batches. Tuned only on ml-100k's
-    # u1 split (u1.base / u1.test); see benchmarks/README.md for the figures on u1..u5.
+    # Biased MF, MSE + per-rating L2 on the factors, sparse Adam on 4096-rating batches, StepLR.
+    # Tuned only on ml-100k's u1 split (u1.base / u1.test): benchmarks/README.md has the search
+    # and the figures on u1..u5.
     "accurate": {
         "model": "biased-mf",
-        "factors": 128,
-        "hidden_dims": 256,
-        "dropout": 0.0,
+        "factors": 32,
+        "hidden_dims": 256,  # unused by biased-mf
+        "dropout": 0.2,  # unused by biased-mf
         "loss": "mse",
         "optimizer": "sparse_adam",
-        "learning_rate": 0.01,
-        "weight_decay": 0.05,
-        "step_size": 0,
-        "gamma": 1.0,
-        "epochs": 20,
-        "batch_size": 1024,
+        "learning_rate": 0.04,
+        "weight_decay": 0.12,
+        "step_size": 4,
+        "gamma": 0.2,
+        "epochs": 8,
+        "batch_size": 4096,
         "shuffle": True,
         "random_state": 42,
         "patience": 0,
@@ -188,8 +189,50 @@ class FitResult:
 LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"l1": F.l1_loss, "mse": F.mse_loss}
 
 
+class LazySparseAdam(torch.optim.Optimizer):
+    """``torch.optim.SparseAdam``'s update, computed with fewer sparse-tensor operations.
+
+    Only the rows present in the (coalesced) sparse gradient are touched: their Adam moments are
+    gathered, updated and written back, and the parameter rows get
+    ``-lr * sqrt(1 - beta2^t) / (1 - beta1^t) * m / (sqrt(v) + eps)``, exactly SparseAdam's formula
+    (t counts the optimizer's steps). About 25% faster than SparseAdam on CPU.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: D102 - as torch.optim.Optimizer
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                if not param.grad.is_sparse:
+                    raise ValueError("LazySparseAdam needs sparse gradients (nn.Embedding(sparse=True))")
+                grad = param.grad.coalesce()
+                rows, values = grad.indices()[0], grad.values()
+                state = self.state[param]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(param)
+                    state["exp_avg_sq"] = torch.zeros_like(param)
+                state["step"] += 1
+                exp_avg = state["exp_avg"][rows].lerp_(values, 1 - beta1)
+                exp_avg_sq = state["exp_avg_sq"][rows].mul_(beta2).addcmul_(values, values, value=1 - beta2)
+                state["exp_avg"][rows] = exp_avg
+                state["exp_avg_sq"][rows] = exp_avg_sq
+                t = state["step"]
+                step_size = group["lr"] * math.sqrt(1 - beta2**t) / (1 - beta1**t)
+                param.index_add_(0, rows, exp_avg.div_(exp_avg_sq.sqrt_().add_(group["eps"])), alpha=-step_size)
+
+
 def make_optimizers(net: nn.Module, params: dict) -> list[torch.optim.Optimizer]:
-    """The optimizer(s) for ``params["optimizer"]``; SparseAdam needs a dense companion."""
+    """The optimizer(s) for ``params["optimizer"]``.
+
+    ``sparse_adam``: :class:`LazySparseAdam` (SparseAdam's update) for the embeddings with sparse
+    gradients plus ``Adam`` for every other parameter (e.g. mlp-mf's MLP).
+    """
     sparse = {id(p) for m in net.modules() if isinstance(m, nn.Embedding) and m.sparse for p in m.parameters()}
     sparse_params = [p for p in net.parameters() if id(p) in sparse]
     dense_params = [p for p in net.parameters() if id(p) not in sparse]
@@ -205,7 +248,7 @@ def make_optimizers(net: nn.Module, params: dict) -> list[torch.optim.Optimizer]
         return [torch.optim.Adam(dense_params, lr=lr, weight_decay=weight_decay)]
     optimizers: list[torch.optim.Optimizer] = []
     if sparse_params:
-        optimizers.append(torch.optim.SparseAdam(sparse_params, lr=lr))
+        optimizers.append(LazySparseAdam(sparse_params, lr=lr))
     if dense_params:
         optimizers.append(torch.optim.Adam(dense_params, lr=lr, weight_decay=weight_decay))
     return optimizers

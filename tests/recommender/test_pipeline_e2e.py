@@ -209,3 +209,13 @@ def test_warm_start_starts_from_the_earlier_model(first_run, served):
     assert client.get_run(new_run).data.tags["warm_start_run_id"] == source_run
     # with a negligible learning rate the warm-started weights are the source model's: same validation rmse
     assert client.get_run(new_run).data.metrics["rmse"] == pytest.approx(client.get_run(source_run).data.metrics["rmse"], rel=1e-5)
+
+
+def test_python_api_runs_the_same_pipeline(served, tmp_path):
+    from modelyard.recommender import load_recommender, run
+
+    record = run(workspace=str(tmp_path / "ws"), source=served[0], epochs=1, batch_size=256)
+    assert record.status == "succeeded" and record.step("promote").outputs["promoted"] is True
+    assert Path(record.path).parent == tmp_path / "ws" / "runs"
+    top = load_recommender("staging", tracking_uri=f"sqlite:///{tmp_path / 'ws' / 'mlflow.db'}").recommend(6, top_k=3)
+    assert list(top.columns) == ["rank", "item_id", "title", "genres", "score"] and len(top) == 3

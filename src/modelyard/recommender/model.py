@@ -79,12 +79,14 @@ class MLPMF(nn.Module):
 
 
 class BiasedMF(nn.Module):
-    """``global_mean + b_u + b_i + p_u . q_i``.
+    """``global_mean + b_u + b_i + p_u . q_i`` (biased matrix factorisation, Funk SVD).
 
-    Factors start at N(0, 0.1) and biases at 0 (Surprise's SVD defaults). ``sparse=True`` makes
-    every embedding produce sparse gradients (for ``SparseAdam`` or plain SGD): an update then
-    touches only the rows of the batch. L2 regularisation belongs in the loss
-    (:meth:`forward_with_l2`), which works with sparse gradients, not in the optimizer.
+    Each user's parameters live in one embedding row ``user.weight[u] = [p_u (factors), b_u]``, and
+    likewise ``item.weight[i] = [q_i, b_i]``: a batch costs one lookup and one (sparse) gradient per
+    side, which makes the sparse optimizer step ~20% cheaper than four separate tables.
+    Factors start at N(0, ``init_std``), biases at 0. ``sparse=True`` gives the embeddings sparse
+    gradients (for ``sparse_adam`` or plain SGD): an update then touches only the batch's rows.
+    L2 regularisation belongs in the loss (see :meth:`forward_with_norms`), not in the optimizer.
     """
 
     def __init__(
@@ -94,41 +96,55 @@ class BiasedMF(nn.Module):
         factors: int = 20,
         global_mean: float = 0.0,
         sparse: bool = False,
+        init_std: float = 0.01,
     ) -> None:
         super().__init__()
-        self.n_users, self.n_items = n_users, n_items
+        self.n_users, self.n_items, self.factors = n_users, n_items, factors
         self.sparse = sparse
-        self.user_factors = nn.Embedding(n_users, factors, sparse=sparse)
-        self.item_factors = nn.Embedding(n_items, factors, sparse=sparse)
-        self.user_bias = nn.Embedding(n_users, 1, sparse=sparse)
-        self.item_bias = nn.Embedding(n_items, 1, sparse=sparse)
-        nn.init.normal_(self.user_factors.weight, std=0.1)
-        nn.init.normal_(self.item_factors.weight, std=0.1)
-        nn.init.zeros_(self.user_bias.weight)
-        nn.init.zeros_(self.item_bias.weight)
+        self.user = nn.Embedding(n_users, factors + 1, sparse=sparse)  # [p_u, b_u]
+        self.item = nn.Embedding(n_items, factors + 1, sparse=sparse)  # [q_i, b_i]
+        with torch.no_grad():
+            for table in (self.user, self.item):
+                table.weight[:, :factors].normal_(0.0, init_std)
+                table.weight[:, factors].zero_()
         self.register_buffer("global_mean", torch.tensor(float(global_mean)))
 
+    @property
+    def user_factors(self) -> Tensor:
+        return self.user.weight[:, : self.factors]
+
+    @property
+    def item_factors(self) -> Tensor:
+        return self.item.weight[:, : self.factors]
+
+    @property
+    def user_bias(self) -> Tensor:
+        return self.user.weight[:, self.factors]
+
+    @property
+    def item_bias(self) -> Tensor:
+        return self.item.weight[:, self.factors]
+
     def forward(self, users: Tensor, items: Tensor) -> Tensor:
-        return self.forward_with_l2(users, items)[0]
+        u, v = self.user(users), self.item(items)
+        return self.global_mean + u[:, -1] + v[:, -1] + (u[:, :-1] * v[:, :-1]).sum(-1)
 
-    def forward_with_l2(self, users: Tensor, items: Tensor) -> tuple[Tensor, Tensor]:
-        """Predictions ``[B]`` and the per-rating L2 term ``|p_u|^2 + |q_i|^2`` ``[B]``.
+    def forward_with_norms(self, users: Tensor, items: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Predictions ``[B]`` and the squared factor norms ``|p_u|^2``, ``|q_i|^2`` (each ``[B]``).
 
-        The penalty reuses the rows the prediction looked up (one lookup and one sparse gradient
-        per table), so sparse gradients stay sparse and a user/item is regularised once per rating
-        (Surprise-style). Biases are not regularised: on ml-100k u1, regularising them as hard as
-        the factors cost ~0.003 RMSE.
+        The norms reuse the rows the prediction looked up, so an L2 term built from them keeps the
+        gradients sparse (``fit`` weights and adds them to the loss). Biases are not regularised.
         """
-        p, q = self.user_factors(users), self.item_factors(items)
-        bias = self.user_bias(users).squeeze(-1) + self.item_bias(items).squeeze(-1)
-        pred = self.global_mean + bias + (p * q).sum(-1)
-        return pred, (p * p).sum(-1) + (q * q).sum(-1)
+        u, v = self.user(users), self.item(items)
+        p, q = u[:, :-1], v[:, :-1]
+        pred = self.global_mean + u[:, -1] + v[:, -1] + (p * q).sum(-1)
+        return pred, (p * p).sum(-1), (q * q).sum(-1)
 
     def score_all_items(self, users: Tensor) -> Tensor:
         """Scores ``[len(users), n_items]``: one ``[U, F] @ [F, I]`` matmul plus biases."""
-        p = self.user_factors.weight[users]
-        scores = torch.addmm(self.item_bias.weight.squeeze(-1)[None, :], p, self.item_factors.weight.T)
-        scores += (self.user_bias.weight[users] + self.global_mean)
+        u, v = self.user.weight[users], self.item.weight
+        scores = torch.addmm(v[:, -1], u[:, :-1], v[:, :-1].T)
+        scores += u[:, -1:] + self.global_mean
         return scores
 
 

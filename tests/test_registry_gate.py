@@ -44,8 +44,8 @@ def store(tmp_path):
         def predict(self, context, model_input):
             return [1.0] * len(model_input)
 
-    def make_run(rmse: float) -> str:
-        with mlflow.start_run(experiment_id=experiment) as run:
+    def make_run(rmse: float, dataset: str = "ml-latest-small") -> str:
+        with mlflow.start_run(experiment_id=experiment, tags={"dataset": dataset}) as run:
             mlflow.log_metrics({"rmse": rmse, "precision_at_k": 0.5, "recall_at_k": 0.5})
             mlflow.pyfunc.log_model(name="model", python_model=Constant(), pip_requirements=["mlflow"])
         return run.info.run_id
@@ -79,3 +79,19 @@ def test_alias_moves_only_through_the_gate_and_rolls_back(store):
         registry.promote_version("m", "prod", 9)
     tags = MlflowClient().get_model_version("m", "2").tags
     assert tags["modelyard.decision.staging"].startswith("rejected") and "rmse: 1.2000 vs 1.0000" in tags["modelyard.reasons.staging"]
+
+
+def test_every_decision_is_logged_and_incomparable_models_are_not_promoted(store):
+    first, other_data = store(1.0), store(0.5, dataset="ml-100k")
+    registry.promote_if_better("m", first, f"runs:/{first}/model", TEXTBOOK, comparable_on=("dataset",))
+    refused = registry.promote_if_better("m", other_data, f"runs:/{other_data}/model", TEXTBOOK, comparable_on=("dataset",))
+    assert not refused.promoted and "dataset: ml-100k vs ml-latest-small" in refused.reasons[0]
+    assert str(registry.require_alias("m", "staging").version) == "1"
+    registry.promote_version("m", "prod", 1)
+    registry.promote_version("m", "prod", 2)
+    registry.rollback("m", "prod")
+    log1 = registry.decision_log("m", "1")
+    assert [(e["alias"], e["decision"]) for e in log1] == [("staging", "promoted"), ("prod", "promoted"), ("prod", "rolled back to")]
+    assert log1[0]["reasons"] == ["no model held @staging yet: the first candidate is promoted"]
+    log2 = registry.decision_log("m", "2")
+    assert [(e["alias"], e["decision"]) for e in log2] == [("staging", "rejected"), ("prod", "promoted"), ("prod", "rolled back from")]

@@ -31,6 +31,13 @@ ParamOpt = Annotated[Optional[list[str]], typer.Option("--param", "-p", help="Pi
 TagOpt = Annotated[Optional[list[str]], typer.Option("--tag", "-t", help="MLflow run tag key=value (repeatable).")]
 
 
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors shown as one line (no traceback): ours, bad values, and what MLflow refuses (a bad alias, URI ...)."""
+    from mlflow.exceptions import MlflowException
+
+    return ModelyardError, ValueError, MlflowException
+
+
 def _fail(e: Exception) -> None:
     if isinstance(e, QualityError):
         err.print(f"[bold red]data quality check failed[/]\n{e.report.render_text()}", soft_wrap=True)
@@ -98,7 +105,7 @@ def run_recommender(
                       dataset=dataset, source=source, sha256=sha256, warm_start=warm_start,
                       tags=json.dumps(parse_pairs(tag, "--tag")))
         record = LocalRunner(settings.workspace, console=err).run(pipeline, params)
-    except (ModelyardError, ValueError) as e:
+    except _user_errors() as e:
         _fail(e)
     _print_run(record)
 
@@ -128,7 +135,7 @@ def run_detection(
         params.update(volume=settings.volume, tracking_uri=settings.tracking_uri, source=source, classes=classes,
                       sha256=sha256, tags=json.dumps(parse_pairs(tag, "--tag")))
         record = LocalRunner(settings.workspace, console=err).run(pipeline, params)
-    except (ModelyardError, ValueError) as e:
+    except _user_errors() as e:
         _fail(e)
     _print_run(record)
 
@@ -154,7 +161,7 @@ def promote(
     try:
         _registry_settings(workspace)
         decision = registry.promote_version(model_name, alias, version)
-    except ModelyardError as e:
+    except _user_errors() as e:
         _fail(e)
     console.print(decision.summary())
 
@@ -171,7 +178,7 @@ def rollback(
     try:
         _registry_settings(workspace)
         decision = registry.rollback(model_name, alias)
-    except ModelyardError as e:
+    except _user_errors() as e:
         _fail(e)
     console.print(decision.summary())
 
@@ -191,23 +198,25 @@ def models(
         client = MlflowClient()
         if registry.alias_version(model_name, "staging") is None and not client.search_model_versions(f"name='{model_name}'"):
             raise ModelyardError(registry.describe_aliases(model_name))
-    except ModelyardError as e:
+    except _user_errors() as e:
         _fail(e)
     aliases = client.get_registered_model(model_name).aliases
     table = Table(title=model_name)
-    for col in ("version", "aliases", "run_id", "decisions"):
-        table.add_column(col)
+    for col in ("version", "aliases", "run_id", "latest decision", "reasons"):
+        table.add_column(col, overflow="fold")
     for mv in sorted(client.search_model_versions(f"name='{model_name}'"), key=lambda v: int(v.version)):
         held = ", ".join(f"@{a}" for a, v in aliases.items() if str(v) == str(mv.version))
-        decisions = "; ".join(f"{k.split('.')[-1]}: {v}" for k, v in sorted(mv.tags.items()) if k.startswith("modelyard.decision."))
-        table.add_row(str(mv.version), held, mv.run_id or "", decisions)
+        log = registry.decision_log(model_name, mv.version)
+        last = log[-1] if log else {}
+        decision = f"{last.get('decision', '')} @{last.get('alias', '')} {last.get('time', '')}" if last else ""
+        table.add_row(str(mv.version), held, mv.run_id or "", decision, "; ".join(last.get("reasons", [])))
     console.print(table)
 
 
 @app.command()
 def recommend(
     user: Annotated[int, typer.Option(help="MovieLens user id.")],
-    top_k: Annotated[int, typer.Option("--top-k", help="How many movies.")] = 10,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="How many movies.")] = 10,
     alias: Annotated[str, typer.Option(help="Registry alias to serve from.")] = "prod",
     model_name: Annotated[str, typer.Option("--model-name", help="Registered model.")] = "movielens-recommender",
     workspace: WorkspaceOpt = None,
@@ -219,7 +228,7 @@ def recommend(
         settings = Settings.resolve(workspace=workspace)
         recommender = Recommender.from_registry(alias=alias, model_name=model_name, tracking_uri=settings.tracking_uri)
         top = recommender.recommend(user, top_k=top_k)
-    except ModelyardError as e:
+    except _user_errors() as e:
         _fail(e)
     table = Table(title=f"top {top_k} for user {user} from {model_name}@{alias} (v{recommender.version})")
     for col in ("rank", "movie", "title", "genres", "score"):
@@ -245,7 +254,7 @@ def detect(
         settings = Settings.resolve(workspace=workspace)
         boxes = run_detect(str(image), alias=alias, model_name=model_name, tracking_uri=settings.tracking_uri,
                            volume=settings.volume, save=str(save) if save else None, conf=conf)
-    except ModelyardError as e:
+    except _user_errors() as e:
         _fail(e)
     table = Table(title=f"{len(boxes)} boxes in {image} from {model_name}@{alias}")
     for col in ("class", "confidence", "x1", "y1", "x2", "y2"):
@@ -278,7 +287,7 @@ def compile_pipeline(
         options = ClusterOptions(image=image, pvc_size=pvc_size, storage_class=storage_class, access_mode=access_mode,
                                  mount_path=mount_path, delete_pvc=delete_pvc, s3_secret=s3_secret, s3_endpoint=s3_endpoint)
         path = compile_kfp(target, output, options, preset=preset)
-    except (ModelyardError, ValueError) as e:
+    except _user_errors() as e:
         _fail(e)
     console.print(f"wrote {path}")
 
@@ -289,10 +298,15 @@ def runs(workspace: WorkspaceOpt = None, last: Annotated[int, typer.Option(help=
     from modelyard.pipeline.local import load_records
 
     settings = Settings.resolve(workspace=workspace)
-    table = Table(title=f"pipeline runs in {settings.workspace}")
-    for col in ("run", "status", "seconds", "steps"):
-        table.add_column(col)
-    for rec in load_records(settings.workspace)[-last:]:
+    records = load_records(settings.workspace)
+    if not records:
+        console.print(f"no pipeline runs in {settings.workspace}")
+        return
+    table = Table(title=f"pipeline runs in {settings.workspace}", title_justify="left")
+    table.add_column("run", no_wrap=True)
+    for col in ("status", "seconds", "steps"):
+        table.add_column(col, overflow="fold")
+    for rec in records[-last:]:
         steps = " ".join(f"{s['name']}:{s['status']}" for s in rec["steps"])
         table.add_row(rec["run_id"], rec["status"], str(rec.get("seconds")), steps)
     console.print(table)

@@ -34,7 +34,8 @@ def coerce(name: str, value: Any, default: Any) -> Any:
         if isinstance(default, float):
             return float(value)
     except ValueError:
-        raise ModelyardError(f"parameter {name}={value!r}: expected a {type(default).__name__}") from None
+        kind = {"bool": "true or false", "int": "an integer", "float": "a number"}[type(default).__name__]
+        raise ModelyardError(f"parameter {name}={value!r}: expected {kind}") from None
     return value
 
 

@@ -1,8 +1,9 @@
 """The one place for the model registry: gate a challenger into `staging`, promote by hand, roll back.
 
-Every decision is recorded: on the model version (tags `modelyard.decision.<alias>` and
-`modelyard.reasons.<alias>`), on the training run, and in the alias history kept on the registered
-model (tag `modelyard.history.<alias>`), which is what `rollback` walks back.
+Every decision is recorded: on the model version (the latest in tags `modelyard.decision.<alias>` and
+`modelyard.reasons.<alias>`, all of them in `modelyard.log`, a JSON list), on the training run, and in
+the alias history kept on the registered model (tag `modelyard.history.<alias>`), which is what
+`rollback` walks back.
 """
 
 from __future__ import annotations
@@ -113,16 +114,39 @@ def _history(model_name: str, alias: str) -> list[str]:
     return json.loads(tags.get(f"modelyard.history.{alias}", "[]"))
 
 
-def _record(decision: Decision) -> None:
+TAG_LIMIT = 5000  # characters MLflow keeps in a tag value on every backend
+
+
+def _stamp() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _append_log(model_name: str, version: str, entry: dict) -> None:
+    """Add `entry` to the version's decision log (oldest entries dropped to fit one tag)."""
     client = _client()
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    verdict = "promoted" if decision.promoted else "rejected"
+    log = json.loads(client.get_model_version(model_name, version).tags.get("modelyard.log", "[]"))
+    log.append(entry)
+    while len(log) > 1 and len(json.dumps(log)) > TAG_LIMIT:
+        log.pop(0)
+    client.set_model_version_tag(model_name, version, "modelyard.log", json.dumps(log)[:TAG_LIMIT])
+
+
+def decision_log(model_name: str, version: str) -> list[dict]:
+    return json.loads(_client().get_model_version(model_name, str(version)).tags.get("modelyard.log", "[]"))
+
+
+def _record(decision: Decision, verdict: str | None = None) -> None:
+    client = _client()
+    stamp = _stamp()
+    verdict = verdict or ("promoted" if decision.promoted else "rejected")
     if decision.version:
         client.set_model_version_tag(decision.model_name, decision.version, f"modelyard.decision.{decision.alias}", f"{verdict} {stamp}")
-        client.set_model_version_tag(decision.model_name, decision.version, f"modelyard.reasons.{decision.alias}", "; ".join(decision.reasons)[:5000])
+        client.set_model_version_tag(decision.model_name, decision.version, f"modelyard.reasons.{decision.alias}", "; ".join(decision.reasons)[:TAG_LIMIT])
+        _append_log(decision.model_name, decision.version, {"time": stamp, "alias": decision.alias, "decision": verdict,
+                                                             "reasons": decision.reasons, "previous_version": decision.previous_version})
     if decision.run_id:
         client.set_tag(decision.run_id, f"modelyard.decision.{decision.alias}", f"{verdict}: v{decision.version}")
-    if decision.promoted:
+    if decision.promoted and verdict == "promoted":
         history = _history(decision.model_name, decision.alias) + [decision.version]
         client.set_registered_model_tag(decision.model_name, f"modelyard.history.{decision.alias}", json.dumps(history[-50:]))
 
@@ -130,30 +154,38 @@ def _record(decision: Decision) -> None:
 def register(model_name: str, model_uri: str, run_id: str) -> str:
     """Register the run's model once; registering the same run again returns its existing version."""
     client = _client()
-    try:
-        client.get_registered_model(model_name)
-    except MlflowException:
-        client.create_registered_model(model_name)
     existing = client.search_model_versions(f"name='{model_name}' and run_id='{run_id}'")
     if existing:
         return str(min(int(v.version) for v in existing))
     return str(mlflow.register_model(model_uri, model_name).version)
 
 
-def promote_if_better(model_name: str, run_id: str, model_uri: str, gates: list[Gate], alias: str = "staging") -> Decision:
-    """Register the challenger and move `alias` to it if it passes every gate against the current holder."""
+def promote_if_better(model_name: str, run_id: str, model_uri: str, gates: list[Gate], alias: str = "staging",
+                      comparable_on: tuple[str, ...] = ()) -> Decision:
+    """Register the challenger and move `alias` to it if it passes every gate against the current holder.
+
+    `comparable_on` names run tags (e.g. the dataset) that must be equal for the metrics to be comparable;
+    a challenger that differs is registered but not promoted.
+    """
     client = _client()
     current = alias_version(model_name, alias)
     if current is not None and current.run_id == run_id:
         return Decision(model_name, alias, run_id, str(current.version), False, [f"run {run_id} already holds @{alias}: nothing changed"], str(current.version))
-    new_metrics = dict(client.get_run(run_id).data.metrics)
+    challenger = client.get_run(run_id).data
+    new_metrics = dict(challenger.metrics)
     if current is None:
         passed, reasons = True, [f"no model held @{alias} yet: the first candidate is promoted"]
         missing = [g.metric for g in gates if g.metric not in new_metrics]
         if missing:
             passed, reasons = False, [f"challenger run {run_id} has no {', '.join(missing)} (was it validated?)"]
     else:
-        passed, reasons = decide(new_metrics, dict(client.get_run(current.run_id).data.metrics), gates)
+        holder = client.get_run(current.run_id).data
+        passed, reasons = decide(new_metrics, dict(holder.metrics), gates)
+        for tag in comparable_on:
+            if challenger.tags.get(tag) != holder.tags.get(tag):
+                passed = False
+                reasons.insert(0, f"{tag}: {challenger.tags.get(tag)} vs {holder.tags.get(tag)} held by @{alias} (v{current.version}): "
+                                  f"not comparable, FAIL (register it under another model name)")
     version = register(model_name, model_uri, run_id)
     decision = Decision(model_name, alias, run_id, version, passed, reasons, str(current.version) if current else None)
     if passed:
@@ -192,5 +224,8 @@ def rollback(model_name: str, alias: str = "prod") -> Decision:
     client.set_registered_model_tag(model_name, f"modelyard.history.{alias}", json.dumps(history))
     decision = Decision(model_name, alias, client.get_model_version(model_name, target).run_id, target, True,
                         [f"rolled back from v{current.version}"], str(current.version))
-    client.set_model_version_tag(model_name, target, f"modelyard.decision.{alias}", f"rolled back to {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")
+    _record(decision, verdict="rolled back to")
+    _append_log(model_name, str(current.version), {"time": _stamp(), "alias": alias, "decision": "rolled back from",
+                                                   "reasons": [f"@{alias} moved back to v{target}"], "previous_version": None})
+    client.set_model_version_tag(model_name, str(current.version), f"modelyard.decision.{alias}", f"rolled back from {_stamp()}")
     return decision

@@ -76,3 +76,38 @@ def test_unknown_parameter_and_bad_value(tmp_path):
     assert result.exit_code == 1 and "epoch" in result.output and "epochs" in result.output
     result = run_pipeline(tmp_path / "ws", "-p", "batch_size=big")
     assert result.exit_code == 1 and "batch_size" in result.output
+
+
+def test_a_bad_archive_is_not_kept_and_another_source_replaces_the_cached_one(tmp_path):
+    good = make_movielens_zip(tmp_path / "good" / "ml-latest-small.zip")
+    bad = truncate_zip(make_movielens_zip(tmp_path / "bad" / "ml-latest-small.zip").path)
+    workspace = tmp_path / "ws"
+    cached = workspace / "raw" / "movielens" / "ml-latest-small.zip"
+    result = run_pipeline(workspace, "--source", str(bad))
+    assert result.exit_code == 1 and "removed it from the volume" in result.output
+    assert not cached.exists()
+    assert run_pipeline(workspace, "--source", str(good.path), "-p", "batch_size=256").exit_code == 0
+    assert cached.read_bytes() == good.path.read_bytes()
+    # a different source is fetched again, not silently replaced by the cached copy
+    other = make_movielens_zip(tmp_path / "other" / "ml-latest-small.zip", n_users=12, random_state=3)
+    assert run_pipeline(workspace, "--source", str(other.path), "-p", "batch_size=256").exit_code == 0
+    assert cached.read_bytes() == other.path.read_bytes()
+
+
+def test_values_a_step_would_refuse_stop_the_run_before_any_step(tmp_path):
+    for bad in ("top_k=0", "epochs=0", "model=foo", "device=tpu", "dropout=1.5"):
+        result = run_pipeline(tmp_path / "ws", "-p", bad)
+        assert result.exit_code == 1 and bad.split("=")[0] in result.output, (bad, result.output)
+    assert not (tmp_path / "ws" / "runs").exists()
+
+
+def test_an_empty_ratings_file_fails_the_check(tmp_path):
+    import zipfile
+
+    path = tmp_path / "ml-latest-small.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("ml-latest-small/ratings.csv", "userId,movieId,rating,timestamp\r\n")
+        zf.writestr("ml-latest-small/movies.csv", "movieId,title,genres\r\n1,Toy Story (1995),Comedy\r\n")
+    result = run_pipeline(tmp_path / "ws", "--source", str(path))
+    assert result.exit_code == 1 and "ratings: not empty" in result.output
+    assert_nothing_trained(tmp_path / "ws", "check")

@@ -140,7 +140,7 @@ def test_staging_alias_moved_and_decision_recorded(first_run):
 def test_second_identical_run_reuses_download_and_lake(first_run, served):
     workspace = first_run[0]
     url = served[0]
-    result = invoke("run", "recommender", "--source", url + "?unused", "-w", str(workspace), "--preset", "accurate",
+    result = invoke("run", "recommender", "--source", url, "-w", str(workspace), "--preset", "accurate",
                     "-p", "epochs=3", *FAST, "--tag", "team=recs")
     assert result.exit_code == 0, result.output
     statuses = {s["name"]: s["status"] for s in last_record(workspace)["steps"]}

@@ -29,6 +29,25 @@ def load_detector(model_name: str = DEFAULT_MODEL_NAME, alias: str = "prod", tra
     return pyfunc.unwrap_python_model(), str(version.version)
 
 
+SAVE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+
+
+def check_image(image: str) -> None:
+    """A readable image file, or a ModelyardError saying what it is instead."""
+    path = Path(image)
+    if path.is_dir():
+        raise ModelyardError(f"{image} is a folder, not an image file")
+    if not path.is_file():
+        raise ModelyardError(f"image {image} not found")
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise ModelyardError(f"{image} is not a readable image ({e})") from None
+
+
 def detect(
     image: str,
     alias: str = "prod",
@@ -43,8 +62,9 @@ def detect(
 
     `save`: also write the image with the boxes drawn to this path.
     """
-    if not Path(image).is_file():
-        raise ModelyardError(f"image {image} not found")
+    check_image(image)
+    if save and Path(save).suffix.lower() not in SAVE_SUFFIXES:
+        raise ModelyardError(f"--save {save}: the annotated copy must end in one of {', '.join(sorted(SAVE_SUFFIXES))}")
     detector, _ = load_detector(model_name, alias, tracking_uri, volume)
     results = detector.predict_results(str(image), conf=conf, device=device)
     boxes = []

@@ -36,6 +36,7 @@ class Pipeline:
     steps: list[Step]
     params: dict[str, Any]
     description: str = ""
+    check_params: Callable[[dict[str, Any]], None] | None = None  # raises ValueError before any step runs
 
     def __post_init__(self) -> None:
         seen: set[str] = set()
@@ -76,4 +77,7 @@ class Pipeline:
         unknown = sorted(set(overrides) - set(self.params))
         if unknown:
             raise ValueError(f"unknown parameter(s) {', '.join(unknown)} for pipeline {self.name}; known: {', '.join(sorted(self.params))}")
-        return {**self.params, **overrides}
+        params = {**self.params, **overrides}
+        if self.check_params is not None:
+            self.check_params(params)
+        return params

@@ -52,6 +52,8 @@ class Recommender:
 
     def recommend(self, user_id: int, top_k: int = 10) -> pd.DataFrame:
         """The `top_k` movies `user_id` has not rated, best first: item_id, title, genres, score."""
+        if int(top_k) < 1:
+            raise ModelyardError(f"top_k must be at least 1, got {top_k}")
         match = self.users_index.loc[self.users_index["user_id"] == int(user_id), "user_index"]
         if match.empty:
             ids = self.known_users()

@@ -26,8 +26,23 @@ def default_params(preset: str = "textbook") -> dict[str, Any]:
     }
 
 
+def check_params(params: dict[str, Any]) -> None:
+    """Fail before any step runs on values a later step would refuse (ValueError naming the parameter)."""
+    from modelyard.recommender.data import get_release
+    from modelyard.recommender.train import resolve_params
+
+    get_release(params["dataset"])
+    resolve_params(params["preset"], {k: params[k] for k in PRESETS[params["preset"]]})
+    for name in ("top_k",):
+        if int(params[name]) < 1:
+            raise ValueError(f"parameter {name!r} must be >= 1, got {params[name]}")
+    if int(params["ranking_users"]) < 0:
+        raise ValueError(f"parameter 'ranking_users' must be >= 0 (0 = every validation user), got {params['ranking_users']}")
+
+
 def build(preset: str = "textbook") -> Pipeline:
     return Pipeline(
+        check_params=check_params,
         name="recommender",
         description="MovieLens matrix-factorisation recommender: data to a gated `staging` model",
         params=default_params(preset),

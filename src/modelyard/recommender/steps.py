@@ -16,7 +16,7 @@ import pandas as pd
 
 from modelyard import registry, tracking
 from modelyard.download import fetch, sha256_file
-from modelyard.errors import ModelyardError
+from modelyard.errors import DataError, ModelyardError
 from modelyard.lake import Lake
 from modelyard.settings import raw_dir
 from modelyard.recommender import data as mldata
@@ -33,12 +33,21 @@ def table(dataset: str, name: str) -> str:
 
 
 def download(volume: str, dataset: str = mldata.DEFAULT_RELEASE, source: str = "", sha256: str = "") -> dict:
-    """Fetch the release's zip into the volume once; the official URL unless `source` is given."""
+    """Fetch the release's zip into the volume once; the official URL unless `source` is given.
+
+    The zip is reused only when it came from the same source (recorded beside it); another `--source`
+    replaces it.
+    """
     release = mldata.get_release(dataset)
     dest = raw_dir(volume) / "movielens" / release.filename
+    origin = dest.with_name(dest.name + ".source")
+    wanted = source or release.url
+    if dest.exists() and (not origin.exists() or origin.read_text().strip() != wanted):
+        dest.unlink()
     reused = dest.exists()
     expected = sha256 or (release.sha256 if not source else None)
-    fetch(source or release.url, dest, sha256=expected or None)
+    fetch(wanted, dest, sha256=expected or None)
+    origin.write_text(wanted + "\n")
     return {"archive": str(dest), "archive_sha256": sha256_file(dest), "reused": reused}
 
 
@@ -54,7 +63,12 @@ def ingest(volume: str, lake: str, archive: str, archive_sha256: str, dataset: s
     manifest = store.read_json(table(dataset, "_manifest"))
     if manifest and manifest.get("key") == key and all(store.exists(table(dataset, t)) for t in TABLES):
         return {**manifest["outputs"], "reused": True}
-    ratings, items = mldata.read_release(archive, dataset)
+    try:
+        ratings, items = mldata.read_release(archive, dataset)
+    except DataError as e:
+        # an archive that cannot be parsed must not be reused by the next run
+        Path(archive).unlink(missing_ok=True)
+        raise DataError(f"{e} (removed it from the volume; fix the source and run again)") from None
     splits = mldata.split_ratings(ratings, val_size=val_size, test_size=test_size, random_state=random_state)
     users_index, items_index = mldata.index_ids(splits["train"])
     digests = {name: store.write_table(table(dataset, name), df) for name, df in
@@ -74,6 +88,8 @@ def check(lake: str, dataset_digest: str, dataset: str = mldata.DEFAULT_RELEASE)
     store = Lake(lake)
     tables = {name: store.read_table(table(dataset, name)) for name in ("train", "val", "test", "items")}
     report = check_tables(tables, release.rating_min, release.rating_max, subject=f"{dataset} in {store.uri}")
+    n_ratings = sum(len(tables[s]) for s in ("train", "val", "test"))
+    report.add("ratings: not empty", 0 if len(tables["train"]) else 1, detail=f"{n_ratings} ratings, {len(tables['train'])} in train")
     store.write_json(table(dataset, "_quality"), {"dataset_digest": dataset_digest, **report.to_dict()})
     report.raise_for_failures()
     warnings = [c for c in report.checks if not c.passed]
@@ -98,7 +114,7 @@ def train(volume: str, lake: str, tracking_uri: str, dataset_digest: str, datase
           optimizer: str = "sgd", learning_rate: float = 1e-3, weight_decay: float = 0.0, step_size: int = 10,
           gamma: float = 0.1, epochs: int = 30, batch_size: int = 64, shuffle: bool = True, random_state: int = 42,
           patience: int = 0, device: str = "auto", preset: str = "textbook", warm_start: str = "", tags: str = "{}",
-          experiment: str = EXPERIMENT) -> dict:
+          experiment: str = EXPERIMENT, val_size: float = 0.15, test_size: float = 0.10) -> dict:
     """Train one model in one MLflow run (and TensorBoard) and log it with its signature.
 
     `tags` is a JSON object of user tags; `warm_start` an earlier run id whose model to start from.
@@ -141,7 +157,7 @@ def train(volume: str, lake: str, tracking_uri: str, dataset_digest: str, datase
         run.log_params({**params, "preset": preset, "loss_function": type(_loss_module(params["loss"])).__name__,
                         "optimizer_name": _optimizer_name(params["optimizer"]), "n_users": n_users, "n_items": n_items,
                         "n_train": len(train_data[0]), "n_val": len(val_data[0]), "n_val_unknown": val_unknown,
-                        "dataset": dataset, "warm_start": warm_start or "none"})
+                        "dataset": dataset, "val_size": val_size, "test_size": test_size, "warm_start": warm_start or "none"})
         mlflow.log_input(mlflow.data.from_pandas(train_df,
                                                  source=store.uri_of(table(dataset, "train")), name=dataset,
                                                  digest=dataset_digest), context="training")
@@ -223,8 +239,10 @@ def validate(volume: str, lake: str, tracking_uri: str, run_id: str, dataset: st
     client.log_table(run_id, data=examples, artifact_file="validation/example_recommendations.json")
     client.log_text(run_id, examples.to_markdown(index=False) if _has_tabulate() else examples.to_string(index=False),
                     "validation/example_recommendations.md")
-    client.set_tag(run_id, "validation.top_k", str(top_k))
-    client.set_tag(run_id, "validation.threshold", str(threshold))
+    logged = client.get_run(run_id).data.params
+    for name, value in (("top_k", top_k), ("threshold", threshold), ("ranking_users", ranking_users)):
+        if name not in logged:  # MLflow params are write-once; a re-validation keeps the first settings
+            client.log_param(run_id, name, value)
     return metrics
 
 
@@ -242,5 +260,5 @@ def promote(tracking_uri: str, run_id: str, model_uri: str, model_name: str = MO
     tracking.configure(tracking_uri)
     gates = [registry.Gate("rmse", "lower", rmse_threshold), registry.Gate("precision_at_k", "higher", precision_threshold),
              registry.Gate("recall_at_k", "higher", recall_threshold)]
-    decision = registry.promote_if_better(model_name, run_id, model_uri, gates, alias="staging")
+    decision = registry.promote_if_better(model_name, run_id, model_uri, gates, alias="staging", comparable_on=("dataset",))
     return {"promoted": decision.promoted, "version": decision.version or "", "decision": decision.summary()}

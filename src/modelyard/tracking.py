@@ -71,6 +71,9 @@ def _check_server(tracking_uri: str) -> None:
                     return
                 last = f"HTTP {response.status}"
         except urllib.error.HTTPError as e:
+            if e.code == 404:  # something answers, but it is not an MLflow server: retrying will not help
+                raise TrackingError(f"{_redacted(tracking_uri)} answered but is not an MLflow tracking server "
+                                    f"(GET /health: HTTP 404); fix the tracking URI (MLFLOW_TRACKING_URI)") from None
             last = f"HTTP {e.code}"
         except (urllib.error.URLError, OSError, ValueError) as e:
             last = str(getattr(e, "reason", e))

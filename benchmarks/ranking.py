@@ -29,10 +29,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--chunk-size", type=int, default=1024)
     args = parser.parse_args(argv)
 
+    import torch
+
     from benchmarks.data import synthetic
     from modelyard.recommender.evaluate import ranking_metrics
     from modelyard.recommender.model import build_model
-    from modelyard.recommender.train import fit, resolve_params
+    from modelyard.recommender.train import cpu_threads, fit, resolve_params
+
+    torch.set_num_threads(cpu_threads())
 
     out: dict = {"scale": args.scale, "preset": args.preset}
     t = time.perf_counter()

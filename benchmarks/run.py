@@ -19,10 +19,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
+_ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):  # `python benchmarks/run.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(_ROOT))
     __package__ = "benchmarks"
+try:
+    import modelyard  # noqa: F401
+except ImportError:  # not installed: use the checkout's src/
+    sys.path.insert(0, str(_ROOT / "src"))
 
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
@@ -184,8 +190,9 @@ def run_accuracy(args) -> list[dict]:
 # ---------------------------------------------------------------------------------------- ranking
 def _ranking_subprocess(extra: list[str]) -> dict:
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(_ROOT), str(_ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-m", "benchmarks.ranking", *extra], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parents[1], env={**os.environ})
+                          cwd=_ROOT, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"benchmarks.ranking failed:\n{proc.stderr[-4000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -243,6 +250,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     if args.threads:
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.threads])
+    torch.set_num_threads(cpu_threads())  # the textbook loop too (fit sets the same itself)
     console.print(f"CPU threads: {cpu_threads()}, load average: {os.getloadavg()}")
     results: dict = {"args": vars(args)}
     for part in parts:

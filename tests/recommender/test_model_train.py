@@ -259,3 +259,22 @@ def test_lazy_sparse_adam_equals_torch_sparse_adam(n_users):
     ours, theirs = run(LazySparseAdam), run(torch.optim.SparseAdam)
     for name in ours:
         torch.testing.assert_close(ours[name], theirs[name], rtol=1e-3, atol=1e-4)  # summation order
+
+
+def test_fit_rejects_bad_input():
+    params = resolve_params("accurate", {"epochs": 1, "device": "cpu"})
+    model = build_model(params, N_USERS, N_ITEMS, 3.0)
+    users, items, ratings = TRAIN
+    with pytest.raises(ValueError, match="item indices must lie in 0..29"):
+        fit(model, (users, items + 1, ratings), None, params)
+    with pytest.raises(ValueError, match="no training ratings"):
+        fit(model, (users[:0], items[:0], ratings[:0]), None, params)
+    with pytest.raises(ValueError, match="missing parameters .*epochs"):
+        fit(model, TRAIN, None, {k: v for k, v in params.items() if k != "epochs"})
+
+
+def test_fit_without_val():
+    params = resolve_params("accurate", {"epochs": 2, "device": "cpu"})
+    result = fit(build_model(params, N_USERS, N_ITEMS, 3.0), TRAIN, None, params)
+    assert result.best_epoch == 2 and len(result.train_seconds) == 2
+    assert all(np.isnan(h["val_loss"]) for h in result.history)

@@ -291,6 +291,15 @@ def _as_tensors(triple, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
     )
 
 
+def _check_indices(name: str, users: Tensor, items: Tensor, net: nn.Module) -> None:
+    for what, index, n in (("user", users, net.n_users), ("item", items, net.n_items)):
+        if len(index) and (int(index.min()) < 0 or int(index.max()) >= n):
+            raise ValueError(
+                f"{name} {what} indices must lie in 0..{n - 1} (the model's size); "
+                f"got {int(index.min())}..{int(index.max())}"
+            )
+
+
 def fit(
     model: nn.Module,
     train: tuple[np.ndarray, np.ndarray, np.ndarray],
@@ -307,6 +316,9 @@ def fit(
     moved back to the CPU at the end; its embeddings' sparse-gradient flags are set from
     ``params`` (:func:`~modelyard.recommender.model.uses_sparse_gradients`).
     """
+    missing = sorted(set(PRESETS["textbook"]) - set(params))
+    if missing:
+        raise ValueError(f"missing parameters {', '.join(missing)}; build params with resolve_params()")
     p = params
     device = resolve_device(p["device"])
     torch.set_num_threads(cpu_threads())
@@ -317,9 +329,13 @@ def fit(
     net = unwrap(model).to(device)
     set_sparse_gradients(net, uses_sparse_gradients(p))
     users, items, ratings = _as_tensors(train, device)
+    if len(ratings) == 0:
+        raise ValueError("no training ratings")
+    _check_indices("train", users, items, net)
     has_val = val is not None and len(val[2]) > 0
     if has_val:
         val_users, val_items, val_ratings = _as_tensors(val, device)
+        _check_indices("val", val_users, val_items, net)
     loss_fn = LOSSES[p["loss"]]
     # Models with forward_with_norms (biased-mf) take their L2 in the loss, each factor vector
     # weighted by 1/sqrt(its number of training ratings); the others take it in the optimizer.

@@ -62,6 +62,10 @@ def image_problem(path: Path) -> str | None:
         with Image.open(path) as im:
             im.verify()
         return None
+    except ImportError:
+        # Once ultralytics is imported, Image.open retries an unidentified file with the optional HEIF
+        # plugin and raises ImportError when that is not installed: the file is still not an image.
+        return "UnidentifiedImageError: not an image format PIL can read"
     except Exception as e:  # PIL raises many types for a broken file
         return f"{type(e).__name__}: {e}"
 

@@ -39,13 +39,11 @@ def check_image(image: str) -> None:
         raise ModelyardError(f"{image} is a folder, not an image file")
     if not path.is_file():
         raise ModelyardError(f"image {image} not found")
-    from PIL import Image, UnidentifiedImageError
+    from modelyard.detection.checks import image_problem
 
-    try:
-        with Image.open(path) as img:
-            img.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ModelyardError(f"{image} is not a readable image ({e})") from None
+    problem = image_problem(path)
+    if problem:
+        raise ModelyardError(f"{image} is not a readable image ({problem})")
 
 
 def detect(

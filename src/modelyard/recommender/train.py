@@ -219,13 +219,14 @@ class LazySparseAdam(torch.optim.Optimizer):
                     state["exp_avg"] = torch.zeros_like(param)
                     state["exp_avg_sq"] = torch.zeros_like(param)
                 state["step"] += 1
-                exp_avg = state["exp_avg"][rows].lerp_(values, 1 - beta1)
-                exp_avg_sq = state["exp_avg_sq"][rows].mul_(beta2).addcmul_(values, values, value=1 - beta2)
-                state["exp_avg"][rows] = exp_avg
-                state["exp_avg_sq"][rows] = exp_avg_sq
+                exp_avg = state["exp_avg"].index_select(0, rows).lerp_(values, 1 - beta1)
+                exp_avg_sq = state["exp_avg_sq"].index_select(0, rows).mul_(beta2).addcmul_(values, values, value=1 - beta2)
+                state["exp_avg"].index_copy_(0, rows, exp_avg)
+                state["exp_avg_sq"].index_copy_(0, rows, exp_avg_sq)
                 t = state["step"]
                 step_size = group["lr"] * math.sqrt(1 - beta2**t) / (1 - beta1**t)
-                param.index_add_(0, rows, exp_avg.div_(exp_avg_sq.sqrt_().add_(group["eps"])), alpha=-step_size)
+                update = exp_avg.div_(exp_avg_sq.sqrt_().add_(group["eps"]))
+                param.index_copy_(0, rows, param.index_select(0, rows).sub_(update, alpha=step_size))  # rows are distinct
 
 
 def _sum_duplicate_rows(grad: Tensor) -> tuple[Tensor, Tensor]:
@@ -372,7 +373,8 @@ def fit(
             if l2:
                 pred, user_sq, item_sq = net.forward_with_norms(u, i)
                 loss = loss_fn(pred, r)
-                objective = loss + l2 * (user_sq * user_weight[u] + item_sq * item_weight[i]).mean()
+                weighted = user_sq * user_weight.index_select(0, u) + item_sq * item_weight.index_select(0, i)
+                objective = loss + l2 * weighted.mean()
             else:
                 loss = objective = loss_fn(net(u, i), r)
             for optimizer in optimizers:

@@ -15,6 +15,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,7 +41,7 @@ from modelyard.recommender.model import build_model  # noqa: E402
 from modelyard.recommender.train import cpu_threads, fit, resolve_params  # noqa: E402
 
 console = Console(width=max(150, Console().width))
-PARTS = ("throughput", "accuracy", "ranking")
+PARTS = ("throughput", "accuracy", "ranking", "pipeline")
 
 
 def _surprise():
@@ -224,6 +225,38 @@ def run_ranking(args) -> list[dict]:
     return rows
 
 
+# --------------------------------------------------------------------------------------- pipeline
+MEMORY_BUDGET_MIB = 4096
+
+
+def run_pipeline_part(args) -> dict:
+
+    from benchmarks.pipeline_scale import run_pipeline, write_ml25m_zip
+
+    zip_path = Path(args.cache) / f"modelyard-bench-ml-25m-x{args.scale:g}.zip"
+    t = time.perf_counter()
+    meta = write_ml25m_zip(zip_path, args.scale)
+    console.print(f"  {zip_path}: {meta['n_ratings']:,} ratings, {meta['n_users']:,} users, {meta['n_items']:,} movies, "
+                  f"{meta['zip_mib']:,.0f} MiB ({time.perf_counter() - t:.0f} s)")
+    params = {"epochs": args.pipeline_epochs} if args.pipeline_epochs else {}
+    with tempfile.TemporaryDirectory(dir=args.cache) as tmp:
+        result = run_pipeline(zip_path, Path(tmp) / "workspace", preset="accurate", params=params)
+    result.pop("stdout")
+    result.update(meta)
+    table = Table(title=f"modelyard run recommender --dataset ml-25m --preset accurate, synthetic x{args.scale:g} "
+                        f"({meta['n_ratings']:,} ratings), one process")
+    for col in ("step", "seconds", "share of the run"):
+        table.add_column(col, justify="left" if col == "step" else "right")
+    for name, seconds in result["steps"].items():
+        table.add_row(name, f"{seconds:.1f}", f"{seconds / result['seconds']:.0%}")
+    table.add_row("whole run (process start to exit)", f"{result['seconds']:.1f}", "100%")
+    console.print(table)
+    v = result["validation"]
+    console.print(f"  peak RSS {result['peak_rss_mib']:,.0f} MiB = {result['peak_rss_mib'] / MEMORY_BUDGET_MIB:.2f}x the "
+                  f"{MEMORY_BUDGET_MIB:,} MiB budget; val rmse {v['rmse']:.4f}, ndcg_at_k {v['ndcg_at_k']:.4f}")
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description="modelyard recommender benchmarks", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {', '.join(PARTS)}")
@@ -241,6 +274,10 @@ def main(argv: list[str] | None = None) -> dict:
                         help="also rank this many users with the textbook model (0 = skip)")
     parser.add_argument("--threads", type=int, default=0,
                         help="restrict this process (and so torch's threads) to the first N CPUs (0 = all)")
+    parser.add_argument("--pipeline-epochs", type=int, default=0,
+                        help="epochs of the pipeline part's accurate preset (0 = the preset's own)")
+    parser.add_argument("--cache", default=tempfile.gettempdir(),
+                        help="where the pipeline part keeps its generated ml-25m-format zip (reused) and workspace")
     parser.add_argument("--json", help="write all results to this file")
     args = parser.parse_args(argv)
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
@@ -256,7 +293,8 @@ def main(argv: list[str] | None = None) -> dict:
     for part in parts:
         console.rule(part)
         t = time.perf_counter()
-        results[part] = {"throughput": run_throughput, "accuracy": run_accuracy, "ranking": run_ranking}[part](args)
+        results[part] = {"throughput": run_throughput, "accuracy": run_accuracy, "ranking": run_ranking,
+                         "pipeline": run_pipeline_part}[part](args)
         console.print(f"[dim]{part}: {time.perf_counter() - t:.0f} s, load average {os.getloadavg()}[/]")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=float))

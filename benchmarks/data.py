@@ -75,15 +75,18 @@ def ml100k_split(fold: int, path: Path = ML_100K) -> Dataset:
     return Dataset(f"ml-100k u{fold}", train, val, 943, 1682)
 
 
-def synthetic(scale: float = 1.0, val_fraction: float = 0.1, seed: int = 0, factors: int = 8) -> Dataset:
+def synthetic(scale: float = 1.0, val_fraction: float = 0.1, seed: int = 0, factors: int = 8,
+              oversample: float = 1.0) -> Dataset:
     """MovieLens-like synthetic ratings at ``scale`` x ml-25m (25M ratings, 162k users, 59k items).
 
     Item popularity is Zipf (weight ~ 1/rank, so a few blockbusters get most ratings and
     the tail is long) and user activity is heavy-tailed (log-normal); ratings come from a low-rank
     model plus noise, rounded to half stars in [0.5, 5]. ``val_fraction`` of the rows (random) are
     held out as val. Built in chunks so the peak memory stays near the size of the result.
+    ``oversample`` draws that many times more ratings (for callers that drop repeated pairs).
     """
     n_ratings, n_users, n_items = (max(1, int(round(v * scale))) for v in ML_25M_SHAPE)
+    n_ratings = int(round(n_ratings * oversample))
     n_users, n_items = max(n_users, 10), max(n_items, 10)
     rng = np.random.default_rng(seed)
     item_weight = 1.0 / np.arange(1, n_items + 1)  # Zipf, exponent 1

@@ -89,3 +89,11 @@ def test_missing_local_source_is_a_download_error(tmp_path):
         fetch(str(tmp_path / "nope.zip"), tmp_path / "dest.zip", show_progress=False)
     with pytest.raises(DownloadError, match="not found"):
         fetch((tmp_path / "nope.zip").as_uri(), tmp_path / "dest.zip", show_progress=False)
+
+
+def test_a_folder_or_an_unsupported_scheme_is_named_as_such(tmp_path):
+    with pytest.raises(DownloadError, match="is a folder; pass the archive file inside it"):
+        fetch(str(tmp_path), tmp_path / "dest.zip", show_progress=False)
+    with pytest.raises(DownloadError, match=r"unsupported scheme ftp:// \(use a path, file:// or http\(s\)://\)"):
+        fetch("ftp://127.0.0.1/x.zip", tmp_path / "dest.zip", show_progress=False)
+    assert not (tmp_path / "dest.zip").exists()

@@ -44,9 +44,10 @@ def store(tmp_path):
         def predict(self, context, model_input):
             return [1.0] * len(model_input)
 
-    def make_run(rmse: float, dataset: str = "ml-latest-small") -> str:
+    def make_run(rmse: float, dataset: str = "ml-latest-small", threshold: float = 3.0) -> str:
         with mlflow.start_run(experiment_id=experiment, tags={"dataset": dataset}) as run:
             mlflow.log_metrics({"rmse": rmse, "precision_at_k": 0.5, "recall_at_k": 0.5})
+            mlflow.log_param("threshold", threshold)
             mlflow.pyfunc.log_model(name="model", python_model=Constant(), pip_requirements=["mlflow"])
         return run.info.run_id
 
@@ -86,6 +87,9 @@ def test_every_decision_is_logged_and_incomparable_models_are_not_promoted(store
     registry.promote_if_better("m", first, f"runs:/{first}/model", TEXTBOOK, comparable_on=("dataset",))
     refused = registry.promote_if_better("m", other_data, f"runs:/{other_data}/model", TEXTBOOK, comparable_on=("dataset",))
     assert not refused.promoted and "dataset: ml-100k vs ml-latest-small" in refused.reasons[0]
+    other_eval = store(0.5, threshold=9.0)  # better rmse, but scored with another relevance threshold
+    refused = registry.promote_if_better("m", other_eval, f"runs:/{other_eval}/model", TEXTBOOK, comparable_on=("dataset", "threshold"))
+    assert not refused.promoted and refused.reasons[0].startswith("threshold: 9.0 vs 3.0 held by @staging (v1): not comparable")
     assert str(registry.require_alias("m", "staging").version) == "1"
     registry.promote_version("m", "prod", 1)
     registry.promote_version("m", "prod", 2)
@@ -94,4 +98,5 @@ def test_every_decision_is_logged_and_incomparable_models_are_not_promoted(store
     assert [(e["alias"], e["decision"]) for e in log1] == [("staging", "promoted"), ("prod", "promoted"), ("prod", "rolled back to")]
     assert log1[0]["reasons"] == ["no model held @staging yet: the first candidate is promoted"]
     log2 = registry.decision_log("m", "2")
+    assert registry.decision_log("m", "3")[0]["decision"] == "rejected"
     assert [(e["alias"], e["decision"]) for e in log2] == [("staging", "rejected"), ("prod", "promoted"), ("prod", "rolled back from")]

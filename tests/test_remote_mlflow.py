@@ -59,6 +59,33 @@ def test_a_password_in_the_uri_is_not_repeated(env):
     assert f"http://alice:***@127.0.0.1:{port}" in str(err.value)
 
 
+def test_credentials_in_the_uri_reach_the_health_check_as_basic_auth(env):
+    import base64
+    import http.server
+    import threading
+
+    seen = []
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the stdlib's name
+            seen.append((self.path, self.headers.get("Authorization")))
+            ok = self.headers.get("Authorization") == "Basic " + base64.b64encode(b"alice:p@ss word").decode()
+            self.send_response(200 if ok else 401)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        tracking._check_server(f"http://alice:p%40ss%20word@127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen == [("/health", "Basic " + base64.b64encode(b"alice:p@ss word").decode())]
+
+
 @pytest.mark.parametrize(("name", "value"), [("MODELYARD_TRACKING_RETRIES", "0"), ("MODELYARD_TRACKING_RETRIES", "many"),
                                              ("MODELYARD_TRACKING_BACKOFF_S", "-1")])
 def test_bad_retry_settings_are_named(env, name, value):

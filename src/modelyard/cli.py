@@ -15,7 +15,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from modelyard.errors import ModelyardError, QualityError  # noqa: E402
-from modelyard.params import coerce_params, parse_pairs  # noqa: E402
+from modelyard.params import check_tags, coerce_params, parse_pairs  # noqa: E402
 from modelyard.settings import Settings  # noqa: E402
 
 app = typer.Typer(help="Raw data to validated, versioned, promoted models.", no_args_is_help=True, add_completion=False,
@@ -39,10 +39,13 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 
 def _fail(e: Exception) -> None:
+    # messages are plain text: "[ok]" or a path in brackets must not be read as Rich markup
     if isinstance(e, QualityError):
-        err.print(f"[bold red]data quality check failed[/]\n{e.report.render_text()}", soft_wrap=True)
+        err.print("[bold red]data quality check failed[/]")
+        err.print(e.report.render_text(), markup=False, highlight=False, soft_wrap=True)
     else:
-        err.print(f"[bold red]error:[/] {e}", soft_wrap=True)
+        err.print("[bold red]error:[/] ", end="")
+        err.print(str(e), markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
 
@@ -80,6 +83,16 @@ def _print_run(record) -> None:
     console.print(f"run record: {record.path}")
 
 
+# Pipeline parameters that `modelyard run` sets from its own options (refused as --param).
+_SETTINGS = {"volume": "--workspace", "tracking_uri": "MLFLOW_TRACKING_URI", "tags": "--tag", "source": "--source",
+             "sha256": "--sha256"}
+RECOMMENDER_OPTIONS = {**_SETTINGS, "lake": "--lake", "dataset": "--dataset", "warm_start": "--warm-start", "preset": "--preset"}
+DETECTION_OPTIONS = {**_SETTINGS, "classes": "--classes"}
+# The run tags modelyard writes itself (a user tag of the same key would be overwritten).
+RECOMMENDER_TAGS = ("dataset", "dataset_digest", "preset", "warm_start_run_id")
+DETECTION_TAGS = ("dataset", "dataset_digest", "dataset_source", "start", "task", "framework", "model_uri", "weights_dir")
+
+
 @run_app.command("recommender")
 def run_recommender(
     dataset: Annotated[str, typer.Option(help="MovieLens release: ml-latest-small, ml-100k, ml-1m, ml-25m.")] = "ml-latest-small",
@@ -100,10 +113,10 @@ def run_recommender(
         settings = Settings.resolve(workspace=workspace, lake=lake)
         _check_tracking(settings)
         pipeline = build(preset)
-        params = coerce_params(parse_pairs(param), pipeline.params)
+        params = coerce_params(parse_pairs(param), pipeline.params, RECOMMENDER_OPTIONS)
         params.update(volume=settings.volume, lake=settings.lake, tracking_uri=settings.tracking_uri,
                       dataset=dataset, source=source, sha256=sha256, warm_start=warm_start,
-                      tags=json.dumps(parse_pairs(tag, "--tag")))
+                      tags=json.dumps(check_tags(parse_pairs(tag, "--tag"), RECOMMENDER_TAGS)))
         record = LocalRunner(settings.workspace, console=err).run(pipeline, params)
     except _user_errors() as e:
         _fail(e)
@@ -129,21 +142,32 @@ def run_detection(
         settings = Settings.resolve(workspace=workspace)
         _check_tracking(settings)
         pipeline = build()
-        params = coerce_params(parse_pairs(param), pipeline.params)
+        params = coerce_params(parse_pairs(param), pipeline.params, DETECTION_OPTIONS)
         if "weights" not in params and "model" not in params:
             params.update(choose_weights(offline=offline, console=err, volume=settings.volume))
         params.update(volume=settings.volume, tracking_uri=settings.tracking_uri, source=source, classes=classes,
-                      sha256=sha256, tags=json.dumps(parse_pairs(tag, "--tag")))
+                      sha256=sha256, tags=json.dumps(check_tags(parse_pairs(tag, "--tag"), DETECTION_TAGS)))
         record = LocalRunner(settings.workspace, console=err).run(pipeline, params)
     except _user_errors() as e:
         _fail(e)
     _print_run(record)
 
 
+def _existing_settings(workspace) -> Settings:
+    """Settings of a command that only reads: a workspace that does not exist is an error, not created."""
+    from modelyard.settings import default_tracking_uri
+
+    settings = Settings.resolve(workspace=workspace)
+    if not settings.workspace.exists() and settings.tracking_uri == default_tracking_uri(settings.workspace):
+        raise ModelyardError(f"no workspace at {settings.workspace}: run a pipeline first, or pass --workspace "
+                             "(or MODELYARD_WORKSPACE / MLFLOW_TRACKING_URI)")
+    return settings
+
+
 def _registry_settings(workspace):
     from modelyard import tracking
 
-    settings = Settings.resolve(workspace=workspace)
+    settings = _existing_settings(workspace)
     tracking.configure(settings.tracking_uri)
     return settings
 
@@ -225,12 +249,13 @@ def recommend(
     from modelyard.recommender.infer import Recommender
 
     try:
-        settings = Settings.resolve(workspace=workspace)
+        settings = _existing_settings(workspace)
         recommender = Recommender.from_registry(alias=alias, model_name=model_name, tracking_uri=settings.tracking_uri)
         top = recommender.recommend(user, top_k=top_k)
     except _user_errors() as e:
         _fail(e)
-    table = Table(title=f"top {top_k} for user {user} from {model_name}@{alias} (v{recommender.version})")
+    table = Table(title=f"top {len(top)} for user {user} from {model_name}@{alias} (v{recommender.version})"
+                        + (f": only {len(top)} movies left unrated" if len(top) < top_k else ""))
     for col in ("rank", "movie", "title", "genres", "score"):
         table.add_column(col)
     for row in top.itertuples():
@@ -251,7 +276,7 @@ def detect(
     try:
         from modelyard.detection.infer import detect as run_detect
 
-        settings = Settings.resolve(workspace=workspace)
+        settings = _existing_settings(workspace)
         boxes = run_detect(str(image), alias=alias, model_name=model_name, tracking_uri=settings.tracking_uri,
                            volume=settings.volume, save=str(save) if save else None, conf=conf)
     except _user_errors() as e:
@@ -293,11 +318,14 @@ def compile_pipeline(
 
 
 @app.command()
-def runs(workspace: WorkspaceOpt = None, last: Annotated[int, typer.Option(help="How many.")] = 10) -> None:
+def runs(workspace: WorkspaceOpt = None, last: Annotated[int, typer.Option(min=1, help="How many, newest last.")] = 10) -> None:
     """The pipeline run records kept in the volume."""
     from modelyard.pipeline.local import load_records
 
-    settings = Settings.resolve(workspace=workspace)
+    try:
+        settings = Settings.resolve(workspace=workspace)
+    except _user_errors() as e:
+        _fail(e)
     records = load_records(settings.workspace)
     if not records:
         console.print(f"no pipeline runs in {settings.workspace}")

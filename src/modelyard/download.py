@@ -35,10 +35,15 @@ def _open_source(source: str):
         except urllib.error.HTTPError as e:
             raise DownloadError(f"download of {source} failed: HTTP {e.code} {e.reason}") from None
         except (urllib.error.URLError, OSError) as e:
-            raise DownloadError(f"download of {source} failed: {getattr(e, 'reason', e)}") from None
+            raise DownloadError(f"download of {source} failed: {getattr(e, 'reason', e)} "
+                                "(no network? pass a local copy or a mirror with --source)") from None
         length = response.headers.get("Content-Length")
         return response, int(length) if length else None
+    if len(parsed.scheme) > 1 and parsed.scheme != "file":  # one letter: a Windows drive
+        raise DownloadError(f"source {source}: unsupported scheme {parsed.scheme}:// (use a path, file:// or http(s)://)")
     path = Path(urllib.request.url2pathname(parsed.path)) if parsed.scheme == "file" else Path(source).expanduser()
+    if path.is_dir():
+        raise DownloadError(f"source {source} is a folder; pass the archive file inside it")
     if not path.is_file():
         raise DownloadError(f"source {source} not found (no such file: {path})")
     return open(path, "rb"), path.stat().st_size

@@ -39,8 +39,23 @@ def coerce(name: str, value: Any, default: Any) -> Any:
     return value
 
 
-def coerce_params(values: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(values) - set(defaults))
+def coerce_params(values: dict[str, Any], defaults: dict[str, Any], options: dict[str, str] | None = None) -> dict[str, Any]:
+    """`--param` values typed like their defaults. `options` maps the parameters that a command sets
+    from its own options (``{"source": "--source"}``) to that option: they are refused as `--param`."""
+    options = options or {}
+    taken = sorted(set(values) & set(options))
+    if taken:
+        raise ModelyardError("; ".join(f"{name} is set with {options[name]}, not --param" for name in taken))
+    settable = set(defaults) - set(options)
+    unknown = sorted(set(values) - settable)
     if unknown:
-        raise ModelyardError(f"unknown parameter(s): {', '.join(unknown)}; known: {', '.join(sorted(defaults))}")
+        raise ModelyardError(f"unknown parameter(s): {', '.join(unknown)}; known: {', '.join(sorted(settable))}")
     return {k: coerce(k, v, defaults[k]) for k, v in values.items()}
+
+
+def check_tags(tags: dict[str, str], reserved: tuple[str, ...]) -> dict[str, str]:
+    """User tags, refusing the keys modelyard sets itself (they would be overwritten)."""
+    taken = sorted(set(tags) & set(reserved))
+    if taken:
+        raise ModelyardError(f"--tag {', '.join(taken)}: set by modelyard itself; reserved tag keys: {', '.join(reserved)}")
+    return tags

@@ -164,8 +164,8 @@ def promote_if_better(model_name: str, run_id: str, model_uri: str, gates: list[
                       comparable_on: tuple[str, ...] = ()) -> Decision:
     """Register the challenger and move `alias` to it if it passes every gate against the current holder.
 
-    `comparable_on` names run tags (e.g. the dataset) that must be equal for the metrics to be comparable;
-    a challenger that differs is registered but not promoted.
+    `comparable_on` names run tags or params (the dataset and its digest, the evaluation settings) that
+    must be equal for the metrics to be comparable; a challenger that differs is registered but not promoted.
     """
     client = _client()
     current = alias_version(model_name, alias)
@@ -181,10 +181,11 @@ def promote_if_better(model_name: str, run_id: str, model_uri: str, gates: list[
     else:
         holder = client.get_run(current.run_id).data
         passed, reasons = decide(new_metrics, dict(holder.metrics), gates)
-        for tag in comparable_on:
-            if challenger.tags.get(tag) != holder.tags.get(tag):
+        for name in reversed(comparable_on):
+            new, held = (run.tags.get(name, run.params.get(name)) for run in (challenger, holder))
+            if new != held:
                 passed = False
-                reasons.insert(0, f"{tag}: {challenger.tags.get(tag)} vs {holder.tags.get(tag)} held by @{alias} (v{current.version}): "
+                reasons.insert(0, f"{name}: {new} vs {held} held by @{alias} (v{current.version}): "
                                   f"not comparable, FAIL (register it under another model name)")
     version = register(model_name, model_uri, run_id)
     decision = Decision(model_name, alias, run_id, version, passed, reasons, str(current.version) if current else None)

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from modelyard.errors import ModelyardError
+
 DEFAULT_WORKSPACE = ".modelyard"
 
 
@@ -25,6 +27,8 @@ class Settings:
     @classmethod
     def resolve(cls, workspace: str | Path | None = None, tracking_uri: str | None = None, lake: str | None = None) -> "Settings":
         ws = Path(workspace or os.environ.get("MODELYARD_WORKSPACE") or DEFAULT_WORKSPACE).expanduser().resolve()
+        if ws.exists() and not ws.is_dir():
+            raise ModelyardError(f"workspace {ws} is a file, not a folder (--workspace / MODELYARD_WORKSPACE)")
         uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(ws)
         lake_uri = lake or os.environ.get("MODELYARD_LAKE") or str(ws / "lake")
         return cls(workspace=ws, tracking_uri=uri, lake=lake_uri)

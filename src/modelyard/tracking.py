@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import time
@@ -60,13 +61,20 @@ def _check_server(tracking_uri: str) -> None:
     """Fail fast, naming the URI, when a remote MLflow server is down (bounded retries, no stack trace)."""
     retries = _env_number("MODELYARD_TRACKING_RETRIES", HEALTH_RETRIES, int, 1)
     backoff = _env_number("MODELYARD_TRACKING_BACKOFF_S", HEALTH_BACKOFF_S, float, 0.0)
-    url = tracking_uri.rstrip("/") + "/health"
+    parsed = urllib.parse.urlsplit(tracking_uri.rstrip("/"))
+    # urllib takes user:password@ for part of the host name: send the credentials as a header instead
+    host = parsed.hostname + (f":{parsed.port}" if parsed.port else "")
+    request = urllib.request.Request(urllib.parse.urlunsplit(parsed._replace(netloc=host)) + "/health")
+    if parsed.username is not None:
+        user = urllib.parse.unquote(parsed.username)
+        password = urllib.parse.unquote(parsed.password or "")
+        request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
     last = None
     for attempt in range(retries):
         if attempt:
             time.sleep(backoff * attempt)
         try:
-            with urllib.request.urlopen(url, timeout=5) as response:
+            with urllib.request.urlopen(request, timeout=5) as response:
                 if response.status == 200:
                     return
                 last = f"HTTP {response.status}"

@@ -78,6 +78,18 @@ def test_unknown_parameter_and_bad_value(tmp_path):
     assert result.exit_code == 1 and "batch_size" in result.output
 
 
+def test_options_are_not_parameters_and_modelyard_tags_are_not_user_tags(tmp_path):
+    for pair, option in (("preset=accurate", "--preset"), ("source=x.zip", "--source"), ("volume=/tmp", "--workspace"),
+                         ("dataset=ml-100k", "--dataset")):
+        result = run_pipeline(tmp_path / "ws", "-p", pair)
+        assert result.exit_code == 1 and f"{pair.split('=')[0]} is set with {option}, not --param" in result.output
+    known = run_pipeline(tmp_path / "ws", "-p", "nope=1").output.split("known:")[1]
+    assert "epochs" in known and "source" not in known and "preset" not in known
+    result = run_pipeline(tmp_path / "ws", "--tag", "preset=evil", "--tag", "team=recs")
+    assert result.exit_code == 1 and "--tag preset: set by modelyard itself" in " ".join(result.output.split())
+    assert not (tmp_path / "ws" / "runs").exists()  # refused before any step
+
+
 def test_a_bad_archive_is_not_kept_and_another_source_replaces_the_cached_one(tmp_path):
     good = make_movielens_zip(tmp_path / "good" / "ml-latest-small.zip")
     bad = truncate_zip(make_movielens_zip(tmp_path / "bad" / "ml-latest-small.zip").path)
@@ -111,3 +123,16 @@ def test_an_empty_ratings_file_fails_the_check(tmp_path):
     result = run_pipeline(tmp_path / "ws", "--source", str(path))
     assert result.exit_code == 1 and "ratings: not empty" in result.output
     assert_nothing_trained(tmp_path / "ws", "check")
+
+
+def test_a_workspace_that_is_a_file_or_missing_is_one_clear_error(tmp_path):
+    not_a_folder = tmp_path / "notes.txt"
+    not_a_folder.write_text("x")
+    result = run_pipeline(not_a_folder)
+    assert result.exit_code == 1 and f"workspace {not_a_folder} is a file, not a folder" in " ".join(result.output.split())
+    missing = tmp_path / "typo"
+    for command in (["models"], ["recommend", "--user", "1"], ["runs"]):
+        result = runner.invoke(app, [*command, "-w", str(missing)])
+        assert result.exit_code in (0, 1) and not missing.exists(), command  # a read never creates the workspace
+    result = runner.invoke(app, ["models", "-w", str(missing)])
+    assert result.exit_code == 1 and "no workspace at" in result.output

@@ -170,7 +170,8 @@ def promote(tracking_uri: str, run_id: str, model_name: str = "yolo-detector", m
         if not model_uri:
             raise ModelyardError(f"MLflow run {run_id} has no logged model (tag model_uri): was it trained by modelyard?")
     gates = [Gate("map50_95", "higher", float(map50_95_threshold))]
-    decision = promote_if_better(model_name, run_id, model_uri, gates, alias="staging")
+    decision = promote_if_better(model_name, run_id, model_uri, gates, alias="staging",
+                                 comparable_on=("dataset", "dataset_digest"))  # the same images, the same split
     console.print(decision.summary())
     return {"promoted": bool(decision.promoted), "version": str(decision.version or ""), "reason": "; ".join(decision.reasons),
             "decision": decision.summary()}

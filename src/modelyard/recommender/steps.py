@@ -96,11 +96,14 @@ def check(lake: str, dataset_digest: str, dataset: str = mldata.DEFAULT_RELEASE)
     return {"passed": True, "n_warnings": len(warnings), "report": report.render_text()}
 
 
-def _load_training_data(store: Lake, dataset: str):
+RATED = ["user_id", "item_id", "rating"]  # the columns training and validation read (not timestamp)
+
+
+def _load_training_data(store: Lake, dataset: str, train_columns: list[str] = RATED):
     users_index = store.read_table(table(dataset, "user_index"))
     items_index = store.read_table(table(dataset, "item_index"))
-    train = store.read_table(table(dataset, "train"))
-    val = store.read_table(table(dataset, "val"))
+    train = store.read_table(table(dataset, "train"), columns=train_columns)
+    val = store.read_table(table(dataset, "val"), columns=RATED)
     return train, val, users_index, items_index
 
 
@@ -166,6 +169,7 @@ def train(volume: str, lake: str, tracking_uri: str, dataset_digest: str, datase
                                     col_names=("input_size", "output_size", "num_params"))
         run.log_text(str(summary), "model_summary.txt")
         result = fit(net, train_data, val_data, params, on_epoch=run.log_epoch)
+        del train_df, val_df, train_data, val_data  # peak memory at ml-25m scale: _serving_files reads every split
         mlflow.log_metrics({"best_epoch": result.best_epoch, "best_val_loss": float(result.best_val_loss)})
         net.eval()
         with torch.no_grad():
@@ -218,7 +222,7 @@ def validate(volume: str, lake: str, tracking_uri: str, run_id: str, dataset: st
     tracking.configure(tracking_uri)
     net = mlflow.pytorch.load_model(f"runs:/{run_id}/model")
     store = Lake(lake)
-    train_df, val_df, users_index, items_index = _load_training_data(store, dataset)
+    train_df, val_df, users_index, items_index = _load_training_data(store, dataset, train_columns=["user_id", "item_id"])
     (vu, vi, vr), unknown = _encoded(val_df, users_index, items_index)
     (tu, ti, _), _ = _encoded(train_df, users_index, items_index)
     pred = predict(net, vu, vi)
@@ -254,11 +258,16 @@ def _has_tabulate() -> bool:
     return True
 
 
+# Metrics of two runs are comparable only on the same data (name and digest: same split) and evaluation settings.
+COMPARABLE_ON = ("dataset", "dataset_digest", "top_k", "threshold")
+
+
 def promote(tracking_uri: str, run_id: str, model_uri: str, model_name: str = MODEL_NAME, rmse_threshold: float = 0.0,
             precision_threshold: float = -0.3, recall_threshold: float = -0.2) -> dict:
     """The textbook gate into `staging` (signed thresholds against the current `staging` run)."""
     tracking.configure(tracking_uri)
     gates = [registry.Gate("rmse", "lower", rmse_threshold), registry.Gate("precision_at_k", "higher", precision_threshold),
              registry.Gate("recall_at_k", "higher", recall_threshold)]
-    decision = registry.promote_if_better(model_name, run_id, model_uri, gates, alias="staging", comparable_on=("dataset",))
+    decision = registry.promote_if_better(model_name, run_id, model_uri, gates, alias="staging",
+                                          comparable_on=COMPARABLE_ON)
     return {"promoted": decision.promoted, "version": decision.version or "", "decision": decision.summary()}

@@ -81,6 +81,9 @@ def test_run_logs_params_metrics_summary_model_and_tensorboard(first_run):
     for name in ("rmse", "mae", "precision_at_k", "recall_at_k", "ndcg_at_k"):
         assert name in run.data.metrics
     assert "promoted to @staging" in output and "rmse" in output
+    losses = [m.value for m in history]
+    for epoch in (1, 3):  # one progress line per epoch, with the logged loss
+        assert f"epoch {epoch}/3: train_loss {losses[epoch - 1]:.4f}" in output
     # TensorBoard: the same per-epoch scalars in event files under the workspace
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from rich.console import Console
 
 from modelyard import registry, tracking
 from modelyard.download import fetch, sha256_file
@@ -26,6 +27,9 @@ EXPERIMENT = "recommender"
 MODEL_NAME = "movielens-recommender"
 TABLES = ("train", "val", "test", "items", "user_index", "item_index")
 INGEST_FORMAT = 1  # bump when the lake layout changes, so older lakes are rebuilt
+
+
+console = Console(stderr=True)  # progress lines: the terminal locally, the pod log on Kubeflow
 
 
 def table(dataset: str, name: str) -> str:
@@ -168,7 +172,12 @@ def train(volume: str, lake: str, tracking_uri: str, dataset_digest: str, datase
         summary = torchinfo.summary(net.model, input_data=[sample[:, 0], sample[:, 1]], verbose=0,
                                     col_names=("input_size", "output_size", "num_params"))
         run.log_text(str(summary), "model_summary.txt")
-        result = fit(net, train_data, val_data, params, on_epoch=run.log_epoch)
+        def on_epoch(epoch: int, metrics: dict) -> None:
+            run.log_epoch(epoch, metrics)
+            console.print(f"  epoch {epoch}/{params['epochs']}: train_loss {metrics['train_loss']:.4f}, val_loss "
+                          f"{metrics['val_loss']:.4f} ({metrics['epoch_seconds']:.1f} s)", highlight=False)
+
+        result = fit(net, train_data, val_data, params, on_epoch=on_epoch)
         del train_df, val_df, train_data, val_data  # peak memory at ml-25m scale: _serving_files reads every split
         mlflow.log_metrics({"best_epoch": result.best_epoch, "best_val_loss": float(result.best_val_loss)})
         net.eval()

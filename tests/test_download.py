@@ -97,3 +97,11 @@ def test_a_folder_or_an_unsupported_scheme_is_named_as_such(tmp_path):
     with pytest.raises(DownloadError, match=r"unsupported scheme ftp:// \(use a path, file:// or http\(s\)://\)"):
         fetch("ftp://127.0.0.1/x.zip", tmp_path / "dest.zip", show_progress=False)
     assert not (tmp_path / "dest.zip").exists()
+
+
+def test_a_checksum_that_is_not_a_sha256_is_refused_before_anything(tmp_path):
+    source = tmp_path / "a.zip"
+    source.write_bytes(b"data")
+    with pytest.raises(DownloadError, match=r"--sha256 'deadbeef' is not a SHA-256 \(64 hexadecimal digits\)"):
+        fetch(str(source), tmp_path / "dest.zip", sha256="deadbeef", show_progress=False)
+    assert not (tmp_path / "dest.zip").exists()

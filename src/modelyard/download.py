@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import urllib.error
 import urllib.parse
@@ -55,6 +56,8 @@ def fetch(source: str, dest: str | Path, sha256: str | None = None, show_progres
     The bytes go to a temporary name beside `dest` and are renamed into place only once complete and
     verified, so an interrupted or corrupt download never leaves a file that looks finished.
     """
+    if sha256 and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
+        raise DownloadError(f"--sha256 {sha256!r} is not a SHA-256 (64 hexadecimal digits)")
     dest = Path(dest)
     if dest.exists():
         if sha256 and sha256_file(dest) != sha256.lower():

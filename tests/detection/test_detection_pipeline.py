@@ -164,3 +164,16 @@ def test_pipeline_choose_weights_for_the_cli(tmp_path, monkeypatch):
     monkeypatch.setattr(yolo_env, "network_available", lambda *a, **k: False)
     assert choose_weights(offline=False, volume=str(tmp_path)) == {"weights": ""}
     assert set(choose_weights(offline=True, volume=str(tmp_path))) <= set(build().params)
+
+
+@pytest.mark.parametrize(("pair", "message"), [("epochs=0", "'epochs' must be >= 1"), ("imgsz=-32", "'imgsz' must be >= 1"),
+                                               ("val_size=0.95", "'val_size' + 'test_size' must be between 0 and 1")])
+def test_values_training_would_refuse_stop_the_run_before_any_step(tmp_path, pair, message):
+    from typer.testing import CliRunner
+
+    from modelyard.cli import app
+
+    result = CliRunner().invoke(app, ["run", "detection", "--source", str(tmp_path / "none.tar.gz"), "-w", str(tmp_path / "ws"),
+                                      "--offline", "-p", pair])
+    assert result.exit_code == 1 and message in " ".join(result.output.split())
+    assert not (tmp_path / "ws" / "runs").exists()  # no step ran, no run record

@@ -19,9 +19,22 @@ PARAMS: dict[str, Any] = {
 }
 
 
+def check_params(params: dict[str, Any]) -> None:
+    """Fail before any step runs on values training would refuse (ValueError naming the parameter)."""
+    for name in ("epochs", "batch_size", "imgsz"):
+        if int(params[name]) < 1:
+            raise ValueError(f"parameter {name!r} must be >= 1, got {params[name]}")
+    for name in ("val_size", "test_size"):
+        if not 0 <= float(params[name]) < 1:
+            raise ValueError(f"parameter {name!r} must be in [0, 1), got {params[name]}")
+    if not 0 < float(params["val_size"]) + float(params["test_size"]) < 1:
+        raise ValueError("parameters 'val_size' + 'test_size' must be between 0 and 1 (exclusive)")
+
+
 def build() -> Pipeline:
     ds = {"dataset": "download.dataset"}
     return Pipeline(
+        check_params=check_params,
         name="detection",
         description="YOLO object detector (ultralytics): a YOLO-format archive to a gated `staging` model",
         params=dict(PARAMS),

@@ -5,6 +5,7 @@ Builds an ml-25m-format zip (``ml-25m/ratings.csv`` with ``userId,movieId,rating
 (user, movie) pairs dropped, movie ids sparse as in MovieLens), then runs
 ``modelyard run recommender --dataset ml-25m --source <zip>`` in a child process, as a user would,
 and reads the child's peak RSS (``ru_maxrss``) and the run record's step times.
+Run it as part ``pipeline`` of ``python -m benchmarks.run``.
 """
 
 from __future__ import annotations
@@ -102,17 +103,3 @@ def run_pipeline(source: Path, workspace: Path, preset: str = "accurate", params
         "stdout": stdout,
     }
 
-
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--scale", type=float, default=1.0)
-    parser.add_argument("--cache", default=tempfile.gettempdir(), help="folder for the generated zip")
-    args = parser.parse_args()
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    zip_path = Path(args.cache) / f"modelyard-bench-ml-25m-x{args.scale:g}.zip"
-    print(write_ml25m_zip(zip_path, args.scale))
-    with tempfile.TemporaryDirectory() as tmp:
-        result = run_pipeline(zip_path, Path(tmp) / "workspace")
-    print(json.dumps({k: v for k, v in result.items() if k != "stdout"}, indent=2))

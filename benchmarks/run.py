@@ -230,10 +230,9 @@ MEMORY_BUDGET_MIB = 4096
 
 
 def run_pipeline_part(args) -> dict:
-
     from benchmarks.pipeline_scale import run_pipeline, write_ml25m_zip
 
-    zip_path = Path(args.cache) / f"modelyard-bench-ml-25m-x{args.scale:g}.zip"
+    zip_path = Path(args.cache) / f"modelyard-bench-ml-25m-x{args.scale:g}.zip"  # reused by later runs
     t = time.perf_counter()
     meta = write_ml25m_zip(zip_path, args.scale)
     console.print(f"  {zip_path}: {meta['n_ratings']:,} ratings, {meta['n_users']:,} users, {meta['n_items']:,} movies, "

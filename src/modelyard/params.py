@@ -53,6 +53,16 @@ def coerce_params(values: dict[str, Any], defaults: dict[str, Any], options: dic
     return {k: coerce(k, v, defaults[k]) for k, v in values.items()}
 
 
+def check_split_sizes(val_size: float, test_size: float) -> None:
+    """ValueError unless val and test each take a share in [0, 1) and together leave room for train."""
+    for name, value in (("val_size", val_size), ("test_size", test_size)):
+        if not 0 <= value < 1:
+            raise ValueError(f"parameter {name!r} must be in [0, 1), got {value}")
+    if not 0 < val_size + test_size < 1:
+        raise ValueError(f"parameters 'val_size' + 'test_size' must be between 0 and 1 (exclusive), "
+                         f"got {val_size} + {test_size} = {val_size + test_size}")
+
+
 def check_tags(tags: dict[str, str], reserved: tuple[str, ...]) -> dict[str, str]:
     """User tags, refusing the keys modelyard sets itself (they would be overwritten)."""
     taken = sorted(set(tags) & set(reserved))

@@ -181,12 +181,12 @@ def promote_if_better(model_name: str, run_id: str, model_uri: str, gates: list[
     else:
         holder = client.get_run(current.run_id).data
         passed, reasons = decide(new_metrics, dict(holder.metrics), gates)
-        for name in reversed(comparable_on):
-            new, held = (run.tags.get(name, run.params.get(name)) for run in (challenger, holder))
-            if new != held:
-                passed = False
-                reasons.insert(0, f"{name}: {new} vs {held} held by @{alias} (v{current.version}): "
-                                  f"not comparable, FAIL (register it under another model name)")
+        values = {name: [run.tags.get(name, run.params.get(name)) for run in (challenger, holder)] for name in comparable_on}
+        mismatches = [f"{name}: {new} vs {held} held by @{alias} (v{current.version}): "
+                      f"not comparable, FAIL (register it under another model name)"
+                      for name, (new, held) in values.items() if new != held]
+        passed = passed and not mismatches
+        reasons = mismatches + reasons
     version = register(model_name, model_uri, run_id)
     decision = Decision(model_name, alias, run_id, version, passed, reasons, str(current.version) if current else None)
     if passed:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from modelyard.detection import steps, yolo_env
+from modelyard.params import check_split_sizes
 from modelyard.pipeline.graph import Pipeline, Step
 
 SETTINGS_PARAMS = {"volume": "", "tracking_uri": ""}  # filled from Settings at run time
@@ -24,11 +25,7 @@ def check_params(params: dict[str, Any]) -> None:
     for name in ("epochs", "batch_size", "imgsz"):
         if int(params[name]) < 1:
             raise ValueError(f"parameter {name!r} must be >= 1, got {params[name]}")
-    for name in ("val_size", "test_size"):
-        if not 0 <= float(params[name]) < 1:
-            raise ValueError(f"parameter {name!r} must be in [0, 1), got {params[name]}")
-    if not 0 < float(params["val_size"]) + float(params["test_size"]) < 1:
-        raise ValueError("parameters 'val_size' + 'test_size' must be between 0 and 1 (exclusive)")
+    check_split_sizes(float(params["val_size"]), float(params["test_size"]))
 
 
 def build() -> Pipeline:

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from modelyard.errors import DataError
+from modelyard.params import check_split_sizes
 
 RATING_COLUMNS = ["user_id", "item_id", "rating", "timestamp"]
 ITEM_COLUMNS = ["item_id", "title", "genres"]
@@ -359,11 +360,7 @@ def split_ratings(ratings: pd.DataFrame, val_size: float = 0.15, test_size: floa
     hashes go to test, the next to val, the rest to train. ``round(n * test_size)`` rows go to test and
     ``round(n * val_size)`` to val. Each split keeps the input's row order, with a fresh index.
     """
-    for name, value in (("val_size", val_size), ("test_size", test_size)):
-        if not 0 <= value < 1:
-            raise ValueError(f"{name} must be in [0, 1), got {value}")
-    if not 0 < val_size + test_size < 1:
-        raise ValueError(f"val_size + test_size must be between 0 and 1 (exclusive), got {val_size} + {test_size} = {val_size + test_size}")
+    check_split_sizes(val_size, test_size)
     n = len(ratings)
     n_test, n_val = int(round(n * test_size)), int(round(n * val_size))
     which = np.zeros(n, dtype=np.int8)  # 0 train, 1 val, 2 test

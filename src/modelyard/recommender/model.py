@@ -125,8 +125,14 @@ class BiasedMF(nn.Module):
     def item_bias(self) -> Tensor:
         return self.item.weight[:, self.factors]
 
+    def _predict_rows(self, users: Tensor, items: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Predictions ``[B]`` and the looked-up factor rows ``p_u``, ``q_i`` (each ``[B, factors]``)."""
+        p, b_u = self.user(users).split([self.factors, 1], dim=1)  # split: one cheap backward
+        q, b_i = self.item(items).split([self.factors, 1], dim=1)
+        return self.global_mean + b_u.squeeze(1) + b_i.squeeze(1) + (p * q).sum(-1), p, q
+
     def forward(self, users: Tensor, items: Tensor) -> Tensor:
-        return self.forward_with_norms(users, items)[0]
+        return self._predict_rows(users, items)[0]
 
     def forward_with_norms(self, users: Tensor, items: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Predictions ``[B]`` and the squared factor norms ``|p_u|^2``, ``|q_i|^2`` (each ``[B]``).
@@ -134,9 +140,7 @@ class BiasedMF(nn.Module):
         The norms reuse the rows the prediction looked up, so an L2 term built from them keeps the
         gradients sparse (``fit`` weights and adds them to the loss). Biases are not regularised.
         """
-        p, b_u = self.user(users).split([self.factors, 1], dim=1)  # split: one cheap backward
-        q, b_i = self.item(items).split([self.factors, 1], dim=1)
-        pred = self.global_mean + b_u.squeeze(1) + b_i.squeeze(1) + (p * q).sum(-1)
+        pred, p, q = self._predict_rows(users, items)
         return pred, (p * p).sum(-1), (q * q).sum(-1)
 
     def score_all_items(self, users: Tensor) -> Tensor:

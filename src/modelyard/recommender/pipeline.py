@@ -28,10 +28,12 @@ def default_params(preset: str = "textbook") -> dict[str, Any]:
 
 def check_params(params: dict[str, Any]) -> None:
     """Fail before any step runs on values a later step would refuse (ValueError naming the parameter)."""
+    from modelyard.params import check_split_sizes
     from modelyard.recommender.data import get_release
     from modelyard.recommender.train import resolve_params
 
     get_release(params["dataset"])
+    check_split_sizes(float(params["val_size"]), float(params["test_size"]))
     resolve_params(params["preset"], {k: params[k] for k in PRESETS[params["preset"]]})
     for name in ("top_k",):
         if int(params[name]) < 1:

@@ -261,6 +261,50 @@ def test_lazy_sparse_adam_equals_torch_sparse_adam(n_users):
         torch.testing.assert_close(ours[name], theirs[name], rtol=1e-3, atol=1e-4)  # summation order
 
 
+@pytest.mark.parametrize("model_name", ["biased-mf", "mlp-mf"])
+def test_fit_sparse_adam_equals_torch_sparse_adam(model_name):
+    """fit with sparse_adam == a plain loop with torch.optim.SparseAdam (and Adam for mlp-mf's MLP)."""
+    from modelyard.recommender.train import SPARSE_ADAM_BETAS, frequency_weights
+
+    params = resolve_params("accurate", {"model": model_name, "epochs": 2, "batch_size": 100, "shuffle": False,
+                                         "step_size": 0, "learning_rate": 0.05, "dropout": 0.0, "device": "cpu"})
+    model = build_model(params, N_USERS, N_ITEMS, 3.0)
+    reference = copy.deepcopy(unwrap(model))
+    result = fit(model, TRAIN, None, params)
+
+    l2 = params["weight_decay"] if model_name == "biased-mf" else 0.0  # mlp-mf: no L2 in the loss
+    embeddings = [m for m in reference.modules() if isinstance(m, torch.nn.Embedding)]
+    assert embeddings and all(m.sparse for m in embeddings)
+    tables = [m.weight for m in embeddings]
+    others = [p for p in reference.parameters() if all(p is not t for t in tables)]
+    optimizers = [torch.optim.SparseAdam(tables, lr=0.05, betas=SPARSE_ADAM_BETAS)]
+    if others:
+        optimizers.append(torch.optim.Adam(others, lr=0.05, weight_decay=params["weight_decay"]))
+    users, items, targets = (torch.as_tensor(a) for a in TRAIN)
+    user_weight, item_weight = frequency_weights(users, N_USERS), frequency_weights(items, N_ITEMS)
+    losses = []
+    for _ in range(2):
+        loss_sum = 0.0
+        for start in range(0, len(targets), 100):  # batches repeat users and items
+            u, i, r = users[start : start + 100], items[start : start + 100], targets[start : start + 100]
+            if l2:
+                pred, user_sq, item_sq = reference.forward_with_norms(u, i)
+                loss = torch.nn.functional.mse_loss(pred, r)
+                objective = loss + l2 * (user_sq * user_weight[u] + item_sq * item_weight[i]).mean()
+            else:
+                loss = objective = torch.nn.functional.mse_loss(reference(u, i), r)
+            for optimizer in optimizers:
+                optimizer.zero_grad()
+            objective.backward()
+            for optimizer in optimizers:
+                optimizer.step()
+            loss_sum += loss.item() * len(r)
+        losses.append(loss_sum / len(targets))
+    assert [h["train_loss"] for h in result.history] == pytest.approx(losses, rel=1e-4)
+    for name, tensor in reference.state_dict().items():
+        torch.testing.assert_close(unwrap(model).state_dict()[name], tensor, rtol=1e-3, atol=1e-4)
+
+
 def test_fit_rejects_bad_input():
     params = resolve_params("accurate", {"epochs": 1, "device": "cpu"})
     model = build_model(params, N_USERS, N_ITEMS, 3.0)

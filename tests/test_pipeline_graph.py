@@ -60,3 +60,18 @@ def test_run_record_keeps_no_secrets(tmp_path):
     record = LocalRunner(tmp_path).run(pipe, {"tracking_uri": "https://ann:hunter2@mlflow.example/", "aws_secret_access_key": "hunter2"})
     text = open(record.path).read()
     assert "hunter2" not in text and "https://ann:***@mlflow.example/" in text
+
+
+def test_runs_lists_the_readable_records_and_names_the_others(tmp_path):
+    from typer.testing import CliRunner
+
+    from modelyard.cli import app
+
+    pipe = Pipeline("p", [Step("make", make)], params={"x": 3})
+    record = LocalRunner(tmp_path).run(pipe, {})
+    (tmp_path / "runs" / "zz-broken.json").write_text("{broken")
+    (tmp_path / "runs" / "zz-list.json").write_text("[1, 2]")
+    result = CliRunner().invoke(app, ["runs", "-w", str(tmp_path)], catch_exceptions=False)
+    output = "".join(result.output.split())  # rich wraps long paths
+    assert result.exit_code == 0 and record.run_id in output and "make:succeeded" in output
+    assert "skipped" in output and "zz-broken.json:Expecting" in output and "zz-list.json:notarunrecord" in output

@@ -78,6 +78,14 @@ def test_alias_moves_only_through_the_gate_and_rolls_back(store):
         registry.rollback("m", "prod")
     with pytest.raises(RegistryError, match="has no version 9"):
         registry.promote_version("m", "prod", 9)
+    # "@prod" as users write it; "latest" is MLflow's own and never moves, however many versions exist
+    assert registry.promote_version("m", "@prod", 3).reasons == ["promoted by hand (no gate applied)"]
+    assert str(registry.require_alias("m", "@prod").version) == "3"
+    for alias in ("latest", "@Latest"):
+        with pytest.raises(RegistryError, match="@latest is MLflow's own name"):
+            registry.promote_version("m", alias, 3)
+    with pytest.raises(RegistryError, match="an alias needs a name"):
+        registry.promote_version("m", "@", 3)
     tags = MlflowClient().get_model_version("m", "2").tags
     assert tags["modelyard.decision.staging"].startswith("rejected") and "rmse: 1.2000 vs 1.0000" in tags["modelyard.reasons.staging"]
 
@@ -100,3 +108,13 @@ def test_every_decision_is_logged_and_incomparable_models_are_not_promoted(store
     log2 = registry.decision_log("m", "2")
     assert registry.decision_log("m", "3")[0]["decision"] == "rejected"
     assert [(e["alias"], e["decision"]) for e in log2] == [("staging", "rejected"), ("prod", "promoted"), ("prod", "rolled back from")]
+
+
+def test_serving_a_model_that_is_not_a_recommender_says_so(store, tmp_path):
+    from modelyard.errors import ModelyardError
+    from modelyard.recommender.infer import load_recommender
+
+    run = store(1.0)
+    registry.promote_if_better("not-a-recommender", run, f"runs:/{run}/model", TEXTBOOK)
+    with pytest.raises(ModelyardError, match=r"not-a-recommender v1 \(@staging\) is not a recommender model"):
+        load_recommender("@staging", model_name="not-a-recommender", tracking_uri=mlflow.get_tracking_uri())

@@ -59,6 +59,29 @@ def test_a_password_in_the_uri_is_not_repeated(env):
     assert f"http://alice:***@127.0.0.1:{port}" in str(err.value)
 
 
+def test_a_database_uri_without_its_driver_is_one_clear_error(env, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") or importlib.util.find_spec("psycopg2"):
+        pytest.skip("a PostgreSQL driver is installed here")
+    (tmp_path / "ws").mkdir()
+    env.setenv("MLFLOW_TRACKING_URI", "postgresql://alice:hunter2@127.0.0.1:1/db")
+    result = runner.invoke(app, ["models", "-w", str(tmp_path / "ws")])
+    assert result.exit_code == 1
+    assert "tracking URI postgresql://alice:***@127.0.0.1:1/db needs the Python module" in flat(result.output)
+    assert "hunter2" not in result.output and "Traceback" not in result.output
+
+
+def test_reading_commands_never_create_a_store(env, tmp_path):
+    (tmp_path / "ws").mkdir()
+    missing = tmp_path / "nowhere" / "mlflow.db"
+    env.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{missing}")
+    for command in (["models"], ["recommend", "--user", "1"], ["promote", "--alias", "prod", "--version", "1"], ["rollback"]):
+        result = runner.invoke(app, [*command, "-w", str(tmp_path / "ws")])
+        assert result.exit_code == 1 and f"no MLflow store at {missing}" in flat(result.output), command
+    assert not missing.parent.exists()
+
+
 def test_credentials_in_the_uri_reach_the_health_check_as_basic_auth(env):
     import base64
     import http.server

@@ -168,7 +168,7 @@ def _registry_settings(workspace):
     from modelyard import tracking
 
     settings = _existing_settings(workspace)
-    tracking.configure(settings.tracking_uri)
+    tracking.configure(settings.tracking_uri, existing=True)
     return settings
 
 
@@ -326,7 +326,8 @@ def runs(workspace: WorkspaceOpt = None, last: Annotated[int, typer.Option(min=1
         settings = Settings.resolve(workspace=workspace)
     except _user_errors() as e:
         _fail(e)
-    records = load_records(settings.workspace)
+    records = load_records(settings.workspace, on_unreadable=lambda path, reason: console.print(
+        f"warning: skipped {path}: {reason}", style="yellow", markup=False))
     if not records:
         console.print(f"no pipeline runs in {settings.workspace}")
         return

@@ -15,7 +15,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from modelyard.errors import DataError, ModelyardError
-from modelyard.settings import s3_endpoint
+from modelyard.settings import check_lake_uri, s3_endpoint
 
 
 def _s3_filesystem() -> pafs.S3FileSystem:
@@ -38,6 +38,7 @@ class Lake:
     """
 
     def __init__(self, uri: str):
+        check_lake_uri(uri)
         self.uri = uri.rstrip("/")
         if self.uri.startswith("s3://"):
             self.fs = _s3_filesystem()

@@ -54,10 +54,12 @@ def coerce_params(values: dict[str, Any], defaults: dict[str, Any], options: dic
 
 
 def check_split_sizes(val_size: float, test_size: float) -> None:
-    """ValueError unless val and test each take a share in [0, 1) and together leave room for train."""
-    for name, value in (("val_size", val_size), ("test_size", test_size)):
-        if not 0 <= value < 1:
-            raise ValueError(f"parameter {name!r} must be in [0, 1), got {value}")
+    """ValueError unless val takes a share in (0, 1) (validation needs one), test one in [0, 1), and
+    together they leave room for train."""
+    if not 0 < val_size < 1:
+        raise ValueError(f"parameter 'val_size' must be in (0, 1): the validate step needs validation data; got {val_size}")
+    if not 0 <= test_size < 1:
+        raise ValueError(f"parameter 'test_size' must be in [0, 1), got {test_size}")
     if not 0 < val_size + test_size < 1:
         raise ValueError(f"parameters 'val_size' + 'test_size' must be between 0 and 1 (exclusive), "
                          f"got {val_size} + {test_size} = {val_size + test_size}")

@@ -82,8 +82,20 @@ def _client() -> MlflowClient:
     return MlflowClient()
 
 
+def alias_name(alias: str, moving: bool = False) -> str:
+    """`alias` without a leading `@` (users write `@prod`). `moving`: also refuse `latest`, which
+    MLflow resolves to the newest version by itself and will not let anyone move."""
+    name = alias.strip().removeprefix("@")
+    if not name:
+        raise RegistryError("an alias needs a name, e.g. staging or prod")
+    if moving and name.lower() == "latest":
+        raise RegistryError("@latest is MLflow's own name for the newest version and cannot be moved; use another alias")
+    return name
+
+
 def alias_version(model_name: str, alias: str):
     """The model version holding `alias`, or None when the model or the alias does not exist."""
+    alias = alias_name(alias)
     try:
         return _client().get_model_version_by_alias(model_name, alias)
     except MlflowException as e:
@@ -103,6 +115,7 @@ def describe_aliases(model_name: str) -> str:
 
 
 def require_alias(model_name: str, alias: str):
+    alias = alias_name(alias)
     version = alias_version(model_name, alias)
     if version is None:
         raise RegistryError(f"no model version with alias @{alias}: {describe_aliases(model_name)}")
@@ -167,6 +180,7 @@ def promote_if_better(model_name: str, run_id: str, model_uri: str, gates: list[
     `comparable_on` names run tags or params (the dataset and its digest, the evaluation settings) that
     must be equal for the metrics to be comparable; a challenger that differs is registered but not promoted.
     """
+    alias = alias_name(alias, moving=True)
     client = _client()
     current = alias_version(model_name, alias)
     if current is not None and current.run_id == run_id:
@@ -195,8 +209,9 @@ def promote_if_better(model_name: str, run_id: str, model_uri: str, gates: list[
     return decision
 
 
-def promote_version(model_name: str, alias: str, version: str | int, reason: str = "promoted by hand") -> Decision:
-    """Move `alias` to an existing version (how `prod` is promoted)."""
+def promote_version(model_name: str, alias: str, version: str | int, reason: str = "promoted by hand (no gate applied)") -> Decision:
+    """Move `alias` to an existing version (how `prod` is promoted). No gate is applied."""
+    alias = alias_name(alias, moving=True)
     client = _client()
     try:
         mv = client.get_model_version(model_name, str(version))
@@ -213,6 +228,7 @@ def promote_version(model_name: str, alias: str, version: str | int, reason: str
 
 def rollback(model_name: str, alias: str = "prod") -> Decision:
     """Move `alias` back to the version that held it before the current one."""
+    alias = alias_name(alias, moving=True)
     current = require_alias(model_name, alias)
     history = _history(model_name, alias)
     while history and history[-1] == str(current.version):

@@ -31,11 +31,24 @@ class Settings:
             raise ModelyardError(f"workspace {ws} is a file, not a folder (--workspace / MODELYARD_WORKSPACE)")
         uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(ws)
         lake_uri = lake or os.environ.get("MODELYARD_LAKE") or str(ws / "lake")
+        check_lake_uri(lake_uri)
         return cls(workspace=ws, tracking_uri=uri, lake=lake_uri)
 
     @property
     def volume(self) -> str:
         return str(self.workspace)
+
+
+def check_lake_uri(uri: str) -> None:
+    """ModelyardError unless ``uri`` is a folder or ``s3://bucket[/prefix]`` with a bucket."""
+    if "://" not in uri:
+        return
+    scheme, rest = uri.split("://", 1)
+    if scheme != "s3":
+        raise ModelyardError(f"lake {uri}: unsupported scheme {scheme + '://'!r}; "
+                             "use a folder or s3://bucket/prefix (--lake / MODELYARD_LAKE)")
+    if not rest.split("/", 1)[0]:
+        raise ModelyardError(f"lake {uri}: no bucket; use s3://bucket/prefix (--lake / MODELYARD_LAKE)")
 
 
 def default_tracking_uri(workspace: str | Path) -> str:

@@ -90,10 +90,19 @@ def _check_server(tracking_uri: str) -> None:
                         "(MLFLOW_TRACKING_URI)")
 
 
-def configure(tracking_uri: str) -> MlflowClient:
-    """Point MLflow (tracking and registry) at `tracking_uri`; a remote server must answer /health."""
+def configure(tracking_uri: str, existing: bool = False) -> MlflowClient:
+    """Point MLflow (tracking and registry) at `tracking_uri`; a remote server must answer /health.
+
+    `existing`: the store must already exist (commands that only read or move aliases): a SQLite
+    file that is not there is an error instead of a new, empty store.
+    """
     if tracking_uri.startswith(("http://", "https://")):
         _check_server(tracking_uri)
+    elif existing and tracking_uri.startswith("sqlite:///"):
+        path = Path(tracking_uri[len("sqlite:///"):])
+        if not path.is_file():
+            raise TrackingError(f"no MLflow store at {path} (tracking URI {_redacted(tracking_uri)}): "
+                                "run a pipeline first, or fix --workspace / MLFLOW_TRACKING_URI")
     # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI, which Settings reads as the user's own choice:
     # a later Settings.resolve() in this process (a notebook's next run in another workspace, the next test)
     # would silently inherit this URI. Put the variable back as it was; MLflow keeps the URI in its global.
@@ -104,7 +113,11 @@ def configure(tracking_uri: str) -> MlflowClient:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = exported
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    except ImportError as e:  # e.g. postgresql:// without its driver
+        raise TrackingError(f"tracking URI {_redacted(tracking_uri)} needs the Python module {e.name!r}, which is "
+                            "not installed: install the database driver for this URI") from None
 
 
 def ensure_experiment(name: str, tracking_uri: str, volume: str | Path) -> str:

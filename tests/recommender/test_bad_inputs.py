@@ -107,10 +107,20 @@ def test_a_bad_archive_is_not_kept_and_another_source_replaces_the_cached_one(tm
 
 
 def test_values_a_step_would_refuse_stop_the_run_before_any_step(tmp_path):
-    for bad in ("top_k=0", "epochs=0", "model=foo", "device=tpu", "dropout=1.5"):
+    for bad in ("top_k=0", "epochs=0", "model=foo", "device=tpu", "dropout=1.5", "val_size=0"):
         result = run_pipeline(tmp_path / "ws", "-p", bad)
         assert result.exit_code == 1 and bad.split("=")[0] in result.output, (bad, result.output)
     assert not (tmp_path / "ws" / "runs").exists()
+
+
+@pytest.mark.parametrize(("lake", "message"), [("gs://bucket/x", "unsupported scheme 'gs://'"),
+                                             ("S3://bucket/x", "unsupported scheme 'S3://'"),
+                                             ("s3://", "no bucket"), ("s3:///prefix", "no bucket")])
+def test_a_lake_uri_that_is_neither_a_folder_nor_a_bucket_is_refused(tmp_path, monkeypatch, lake, message):
+    monkeypatch.chdir(tmp_path)  # such a URI once became a folder named "gs:" here
+    result = run_pipeline(tmp_path / "ws", "--lake", lake)
+    assert result.exit_code == 1 and f"lake {lake}: {message}" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_an_empty_ratings_file_fails_the_check(tmp_path):

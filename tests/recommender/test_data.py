@@ -195,7 +195,7 @@ def test_split_does_not_depend_on_row_order():
 def test_split_custom_sizes_and_validation():
     parts = split_ratings(_ratings(200), val_size=0.2, test_size=0.3)
     assert [len(p) for p in parts.values()] == [100, 40, 60]
-    for val, test in [(0.5, 0.5), (0.0, 0.0), (-0.1, 0.2), (0.9, 0.2), (1.0, 0.0)]:
+    for val, test in [(0.5, 0.5), (0.0, 0.0), (0.0, 0.2), (-0.1, 0.2), (0.9, 0.2), (1.0, 0.0)]:
         with pytest.raises(ValueError, match="val_size|test_size"):
             split_ratings(_ratings(20), val_size=val, test_size=test)
 

@@ -11,7 +11,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from rich.console import Console
 
@@ -122,9 +122,24 @@ class LocalRunner:
         return record
 
 
-def load_records(volume: str | Path) -> list[dict]:
-    """Every run record in the volume, oldest first."""
+def load_records(volume: str | Path, on_unreadable: Callable[[Path, str], None] | None = None) -> list[dict]:
+    """Every run record in the volume, oldest first.
+
+    A file that is not a run record (not JSON, or without ``run_id``/``status``/``steps``) is left
+    out and reported to ``on_unreadable(path, reason)`` when given.
+    """
     folder = runs_dir(volume)
     if not folder.exists():
         return []
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime)]
+    records = []
+    for path in sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime):
+        try:
+            record = json.loads(path.read_text())
+            if not isinstance(record, dict) or not {"run_id", "status", "steps"} <= set(record):
+                raise ValueError("not a run record (no run_id, status and steps)")
+        except (OSError, ValueError) as e:  # json.JSONDecodeError is a ValueError
+            if on_unreadable is not None:
+                on_unreadable(path, str(e))
+            continue
+        records.append(record)
+    return records

@@ -13,6 +13,9 @@ from modelyard import registry, tracking
 from modelyard.errors import ModelyardError
 
 
+SERVING_TABLES = ("user_index", "item_index", "items", "rated")  # logged next to the model (steps.train)
+
+
 @dataclass
 class Recommender:
     """A trained model with what serving needs: id maps, titles and every rated (user, item) pair."""
@@ -30,6 +33,9 @@ class Recommender:
 
         model_dir = Path(model_dir)
         extra = model_dir / "extra_files"
+        missing = [f"extra_files/{name}.parquet" for name in SERVING_TABLES if not (extra / f"{name}.parquet").is_file()]
+        if missing:
+            raise ModelyardError(f"{model_dir} is not a modelyard recommender model (it has no {', '.join(missing)})")
         read = lambda name: pd.read_parquet(extra / f"{name}.parquet")  # noqa: E731
         return cls(mlflow.pytorch.load_model(str(model_dir)), read("user_index"), read("item_index"), read("items"),
                    read("rated"), version)
@@ -42,10 +48,14 @@ class Recommender:
 
         from modelyard.settings import Settings
 
-        tracking.configure(tracking_uri or Settings.resolve().tracking_uri)
+        tracking.configure(tracking_uri or Settings.resolve().tracking_uri, existing=True)
         version = registry.require_alias(model_name, alias)
-        model_dir = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_name}@{alias}")
-        return cls.from_dir(model_dir, str(version.version))
+        model_dir = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_name}/{version.version}")
+        try:
+            return cls.from_dir(model_dir, str(version.version))
+        except ModelyardError:
+            raise ModelyardError(f"{model_name} v{version.version} (@{registry.alias_name(alias)}) is not a recommender "
+                                 "model: pass the recommender's --model-name") from None
 
     def known_users(self) -> np.ndarray:
         return self.users_index["user_id"].to_numpy()

@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from modelyard.download import fetch, sha256_file
+from modelyard.download import discard, fetch, is_cached, sha256_file, source_record
 from modelyard.errors import DownloadError
 
 PAYLOAD = bytes(range(256)) * 5000  # 1.28 MB: more than one read chunk
@@ -105,3 +105,55 @@ def test_a_checksum_that_is_not_a_sha256_is_refused_before_anything(tmp_path):
     with pytest.raises(DownloadError, match=r"--sha256 'deadbeef' is not a SHA-256 \(64 hexadecimal digits\)"):
         fetch(str(source), tmp_path / "dest.zip", sha256="deadbeef", show_progress=False)
     assert not (tmp_path / "dest.zip").exists()
+
+
+def _reject(path):
+    raise DownloadError(f"{path.name} is not an archive")
+
+
+def test_another_source_replaces_the_cached_file_only_once_verified(tmp_path, source):
+    dest = tmp_path / "raw" / "ml-test.zip"
+    record = source_record(dest)
+    fetch(str(source), dest, sha256=PAYLOAD_SHA, show_progress=False, track_source=True)
+    assert record.read_text() == f"{source}\n" and is_cached(dest, str(source))
+    bad = tmp_path / "bad" / "ml-test.zip"
+    bad.parent.mkdir()
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(DownloadError, match="ml-test.zip is not an archive"):  # verify sees the file under its own name
+        fetch(str(bad), dest, show_progress=False, verify=_reject, track_source=True)
+    with pytest.raises(DownloadError, match="checksum mismatch"):
+        fetch(str(bad), dest, sha256=PAYLOAD_SHA, show_progress=False, track_source=True)
+    with pytest.raises(DownloadError, match="not found"):
+        fetch(str(tmp_path / "nope.zip"), dest, show_progress=False, track_source=True)
+    assert dest.read_bytes() == PAYLOAD and record.read_text() == f"{source}\n"
+    assert _leftovers(dest.parent) == ["ml-test.zip", "ml-test.zip.source"]  # no temporary files
+    assert not is_cached(dest, str(bad))
+
+    seen = []
+    fetch(str(bad), dest, show_progress=False, verify=lambda p: seen.append(p.read_bytes()), track_source=True)
+    assert seen == [b"not a zip"] and dest.read_bytes() == b"not a zip" and record.read_text() == f"{bad}\n"
+    bad.unlink()  # the same source again: reused, neither downloaded nor verified again
+    assert fetch(str(bad), dest, show_progress=False, verify=_reject, track_source=True) == dest
+    assert _leftovers(dest.parent) == ["ml-test.zip", "ml-test.zip.source"]
+
+
+def test_a_cached_file_without_a_source_record_is_downloaded_again(tmp_path, source):
+    dest = tmp_path / "ml-test.zip"
+    dest.write_bytes(b"of unknown origin")
+    fetch(str(source), dest, show_progress=False, track_source=True)
+    assert dest.read_bytes() == PAYLOAD and is_cached(dest, str(source))
+
+
+def test_a_rejected_download_leaves_no_file(tmp_path, source):
+    dest = tmp_path / "raw" / "ml-test.zip"
+    with pytest.raises(DownloadError, match="not an archive"):
+        fetch(str(source), dest, show_progress=False, verify=_reject, track_source=True)
+    assert _leftovers(dest.parent) == []
+
+
+def test_discard_removes_the_file_and_its_source_record(tmp_path, source):
+    dest = tmp_path / "raw" / "ml-test.zip"
+    fetch(str(source), dest, show_progress=False, track_source=True)
+    discard(dest)
+    assert _leftovers(dest.parent) == [] and not is_cached(dest, str(source))
+    discard(dest)  # nothing left: no error

@@ -118,3 +118,13 @@ def test_serving_a_model_that_is_not_a_recommender_says_so(store, tmp_path):
     registry.promote_if_better("not-a-recommender", run, f"runs:/{run}/model", TEXTBOOK)
     with pytest.raises(ModelyardError, match=r"not-a-recommender v1 \(@staging\) is not a recommender model"):
         load_recommender("@staging", model_name="not-a-recommender", tracking_uri=mlflow.get_tracking_uri())
+
+
+def test_serving_a_model_that_is_not_a_detector_says_so(store, tmp_path):
+    from modelyard.detection.infer import load_detector
+    from modelyard.errors import ModelyardError
+
+    run = store(1.0)
+    registry.promote_if_better("not-a-detector", run, f"runs:/{run}/model", TEXTBOOK)
+    with pytest.raises(ModelyardError, match=r"not-a-detector v1 \(@staging\) is not a detector model"):
+        load_detector("not-a-detector", "staging", tracking_uri=mlflow.get_tracking_uri(), volume=str(tmp_path))

@@ -197,3 +197,95 @@ def test_split_refuses_to_lose_a_planned_image(factory, tmp_path, volume):
     victim.unlink()
     with pytest.raises(DataError, match=victim.name):
         steps.split(volume=str(volume))
+
+
+def _layout(dataset_dir: Path) -> dict[str, int]:
+    """Every image and label (relative path) with its modification time: a split left alone keeps both."""
+    return {str(p.relative_to(dataset_dir)): p.stat().st_mtime_ns
+            for sub in ("images", "labels") for p in (dataset_dir / sub).rglob("*") if p.is_file()}
+
+
+def test_classes_file_updates_the_stored_class_names_without_extracting_again(factory, tmp_path, volume, capsys):
+    from modelyard.errors import QualityError
+
+    archive, classes = factory.make_archive(tmp_path)
+    too_few = tmp_path / "cls1.txt"
+    too_few.write_text("box\n")
+    first = steps.download(volume=str(volume), source=str(archive), classes=str(too_few))
+    dataset_dir = Path(first["dataset_dir"])
+    steps.split(volume=str(volume))
+    with pytest.raises(QualityError, match="class"):  # class id 1 is out of range for one class
+        steps.check(volume=str(volume))
+    layout, plan = _layout(dataset_dir), (dataset_dir / "split.json").read_text()
+    archive.unlink()  # the source is gone: nothing may be downloaded or extracted again
+    capsys.readouterr()
+
+    again = steps.download(volume=str(volume), source=str(archive), classes=str(classes))
+    err = capsys.readouterr().err
+    assert again["reused"] and again["n_classes"] == 2 and again["digest"] != first["digest"]
+    assert "class names updated" in err and str(classes) in err and "box -> box, disc" in err
+    assert "2 classes (box, disc), already in the volume" in " ".join(err.split())
+    assert (dataset_dir / "classes.txt").read_text().split() == factory.CLASSES
+    info = ddata.read_info(dataset_dir)
+    assert info["classes"] == factory.CLASSES and info["classes_source"] == str(classes)
+    assert info["digest"] == ddata.content_digest(dataset_dir) == again["digest"]
+    data = yaml.safe_load((dataset_dir / "data.yaml").read_text())
+    assert data["nc"] == 2 and data["names"] == {0: "box", 1: "disc"}
+    assert _layout(dataset_dir) == layout and (dataset_dir / "split.json").read_text() == plan
+    assert steps.split(volume=str(volume))["reused"]
+    steps.check(volume=str(volume))  # passes now
+
+    same = steps.download(volume=str(volume), source=str(archive), classes=str(classes))
+    assert "class names updated" not in capsys.readouterr().err and same["digest"] == again["digest"]
+    kept = steps.download(volume=str(volume), source=str(archive))  # no --classes: the stored ones
+    assert kept["n_classes"] == 2 and (dataset_dir / "classes.txt").read_text().split() == factory.CLASSES
+
+
+@pytest.mark.parametrize("in_volume", [False, True])
+def test_missing_or_empty_classes_file_is_an_error_naming_it(factory, tmp_path, volume, in_volume):
+    archive, classes = factory.make_archive(tmp_path)
+    if in_volume:
+        steps.download(volume=str(volume), source=str(archive), classes=str(classes))
+    missing, empty = tmp_path / "nope.txt", tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    with pytest.raises(DownloadError, match=f"classes file {missing} not found") as info:
+        steps.download(volume=str(volume), source=str(archive), classes=str(missing))
+    assert "source" not in str(info.value)
+    with pytest.raises(DataError, match=f"classes file {empty} holds no class names"):
+        steps.download(volume=str(volume), source=str(archive), classes=str(empty))
+    if in_volume:
+        dataset_dir = ddata.datasets_root(volume) / "shapes"
+        assert (dataset_dir / "classes.txt").read_text().split() == factory.CLASSES
+        assert ddata.read_info(dataset_dir)["classes"] == factory.CLASSES
+    else:
+        _nothing_left(volume)
+
+
+def test_a_bad_archive_from_another_source_keeps_the_cached_one(factory, tmp_path, volume):
+    good, classes = factory.make_archive(tmp_path / "good")
+    out = steps.download(volume=str(volume), source=str(good), classes=str(classes))
+    raw = ddata.raw_root(volume) / "shapes"
+    cached, record = raw / "shapes.tar.gz", raw / "shapes.tar.gz.source"
+    assert record.read_text().strip() == str(good)
+    shutil.rmtree(out["dataset_dir"])  # the dataset is gone, its archive still in the volume
+    bad = factory.truncate(factory.make_archive(tmp_path / "bad", n=30)[0], 0.6)
+    with pytest.raises(DownloadError, match="truncated or corrupt|neither a tar"):
+        steps.download(volume=str(volume), source=str(bad), classes=str(classes))
+    assert cached.read_bytes() == good.read_bytes() and record.read_text().strip() == str(good)
+    assert sorted(p.name for p in raw.iterdir()) == ["shapes.tar.gz", "shapes.tar.gz.source"]  # no temporary files
+    assert not (ddata.datasets_root(volume) / "shapes").exists()
+    # another good source with the same archive name is downloaded, not replaced by the cached copy
+    other, _ = factory.make_archive(tmp_path / "other", n=30)
+    assert steps.download(volume=str(volume), source=str(other), classes=str(classes))["n_images"] == 30
+    assert cached.read_bytes() == other.read_bytes() and record.read_text().strip() == str(other)
+
+
+def test_an_unusable_cached_archive_is_removed_with_its_source_record(factory, tmp_path, volume):
+    archive, classes = factory.make_archive(tmp_path)
+    out = steps.download(volume=str(volume), source=str(archive), classes=str(classes))
+    shutil.rmtree(out["dataset_dir"])
+    raw = ddata.raw_root(volume) / "shapes"
+    factory.truncate(raw / "shapes.tar.gz", 0.6)  # corrupted in the volume
+    with pytest.raises(DownloadError, match="truncated or corrupt|neither a tar"):
+        steps.download(volume=str(volume), source=str(archive), classes=str(classes))
+    _nothing_left(volume)

@@ -50,8 +50,9 @@ def test_corrupt_zip(tmp_path):
     written = make_movielens_zip(tmp_path / "ml.zip")
     truncate_zip(written.path)
     result = run_pipeline(tmp_path / "ws", "--source", str(written.path))
-    assert result.exit_code == 1 and "ml-latest-small.zip" in result.output
-    assert_nothing_trained(tmp_path / "ws", "ingest")
+    assert result.exit_code == 1 and "is not the ml-latest-small zip" in " ".join(result.output.split())
+    assert_nothing_trained(tmp_path / "ws", "download")
+    assert not list((tmp_path / "ws" / "raw").rglob("*.zip*"))  # neither the zip nor its .source record
     bad = write_not_a_zip(tmp_path / "bad.zip")
     result = run_pipeline(tmp_path / "ws2", "--source", f"file://{bad}")
     assert result.exit_code == 1 and "zip" in result.output.lower()
@@ -96,10 +97,17 @@ def test_a_bad_archive_is_not_kept_and_another_source_replaces_the_cached_one(tm
     workspace = tmp_path / "ws"
     cached = workspace / "raw" / "movielens" / "ml-latest-small.zip"
     result = run_pipeline(workspace, "--source", str(bad))
-    assert result.exit_code == 1 and "removed it from the volume" in result.output
-    assert not cached.exists()
+    assert result.exit_code == 1 and "the volume was left as it was" in " ".join(result.output.split())
+    assert not cached.exists() and not cached.with_name(cached.name + ".source").exists()
     assert run_pipeline(workspace, "--source", str(good.path), "-p", "batch_size=256").exit_code == 0
     assert cached.read_bytes() == good.path.read_bytes()
+    # a bad source never replaces a good cached zip, and the good one is still reused afterwards
+    assert run_pipeline(workspace, "--source", str(bad)).exit_code == 1
+    assert cached.read_bytes() == good.path.read_bytes()
+    again = run_pipeline(workspace, "--source", str(good.path), "-p", "batch_size=256")
+    assert again.exit_code == 0
+    record = max((workspace / "runs").glob("*.json"), key=lambda p: p.stat().st_mtime)
+    assert json.loads(record.read_text())["steps"][0]["outputs"]["reused"] is True
     # a different source is fetched again, not silently replaced by the cached copy
     other = make_movielens_zip(tmp_path / "other" / "ml-latest-small.zip", n_users=12, random_state=3)
     assert run_pipeline(workspace, "--source", str(other.path), "-p", "batch_size=256").exit_code == 0

@@ -3,6 +3,7 @@
 Pure file logic (no ultralytics, no MLflow). A dataset in the volume looks like::
 
     <volume>/raw/detection/<name>/<archive>           the downloaded archive (kept, never re-downloaded)
+    <volume>/raw/detection/<name>/<archive>.source    where it came from (another source is downloaded again)
     <volume>/datasets/detection/<name>/
         images/{train,val,test}/*.jpg                  after `split` (flat `images/*.jpg` before)
         labels/{train,val,test}/*.txt                  one YOLO label file per image (empty = background)
@@ -220,31 +221,35 @@ def find_yolo_folders(root: str | Path) -> tuple[Path, Path]:
     return images, labels
 
 
-def parse_class_names(path: str | Path) -> list[str]:
-    """Class names from a text file (one a line, blank lines skipped) or a YOLO `data.yaml` (`names`)."""
+def parse_class_names(path: str | Path, label: str = "") -> list[str]:
+    """Class names from a text file (one a line, blank lines skipped) or a YOLO `data.yaml` (`names`).
+
+    `label` names the file in errors (default: its name).
+    """
     path = Path(path)
+    label = label or path.name
     if path.suffix.lower() in (".yaml", ".yml"):
         try:
             data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as e:
-            raise DataError(f"{path.name} is not valid YAML: {e}") from None
+            raise DataError(f"{label} is not valid YAML: {e}") from None
         names = data.get("names") if isinstance(data, dict) else None
         if isinstance(names, dict):
             try:
                 keys = sorted(int(k) for k in names)
             except ValueError:
-                raise DataError(f"{path.name}: `names` keys must be class ids 0..n-1") from None
+                raise DataError(f"{label}: `names` keys must be class ids 0..n-1") from None
             if keys != list(range(len(keys))):
-                raise DataError(f"{path.name}: `names` keys must be the class ids 0..{len(keys) - 1} without gaps")
+                raise DataError(f"{label}: `names` keys must be the class ids 0..{len(keys) - 1} without gaps")
             names = [names[k] if k in names else names[str(k)] for k in keys]
         if not isinstance(names, list) or not names:
-            raise DataError(f"{path.name} has no `names` list of class names")
+            raise DataError(f"{label} has no `names` list of class names")
         return [str(n).strip() for n in names]
     names = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
     if not names:
-        raise DataError(f"{path.name} holds no class names (expected one a line)")
+        raise DataError(f"{label} holds no class names (expected one a line)")
     if len(set(names)) != len(names):
-        raise DataError(f"{path.name} lists a class name twice: {sorted(n for n in set(names) if names.count(n) > 1)}")
+        raise DataError(f"{label} lists a class name twice: {sorted(n for n in set(names) if names.count(n) > 1)}")
     return names
 
 
@@ -341,6 +346,26 @@ def build_dataset(archive: str | Path, target: str | Path, classes_file: str | P
         return meta
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def set_class_names(dataset_dir: str | Path, names: list[str], classes_source: str = "") -> tuple[dict, list[str] | None]:
+    """Give a dataset in the volume new class names, leaving its images, labels and split as they are.
+
+    Rewrites classes.txt, then dataset.json (names, `classes_source`, content digest) and data.yaml when
+    it was written; returns (the dataset info, the previous names or None when they were already `names`).
+    """
+    dataset_dir = Path(dataset_dir)
+    info = read_info(dataset_dir)
+    stored = parse_class_names(dataset_dir / CLASSES_FILE)
+    previous = info.get("classes") or stored
+    if names == stored and names == previous:
+        return info, None
+    write_text_atomic(dataset_dir / CLASSES_FILE, "".join(f"{n}\n" for n in names))
+    info = {**info, "classes": list(names), "classes_source": classes_source, "digest": content_digest(dataset_dir)}
+    write_json_atomic(dataset_dir / DATASET_INFO, info)
+    if (dataset_dir / DATA_YAML).is_file():
+        write_data_yaml(dataset_dir)
+    return info, list(previous)
 
 
 # ----------------------------------------------------------------------------------------------- split

@@ -12,21 +12,29 @@ DEFAULT_MODEL_NAME = "yolo-detector"
 
 def load_detector(model_name: str = DEFAULT_MODEL_NAME, alias: str = "prod", tracking_uri: str | None = None, volume: str | None = None):
     """The registered model's pyfunc wrapper (``YoloDetector``, with ``.model`` the ultralytics YOLO)."""
-    from modelyard.registry import require_alias
+    from modelyard.registry import alias_name, require_alias
     from modelyard.settings import Settings
     from modelyard.tracking import configure
 
     settings = Settings.resolve(workspace=volume, tracking_uri=tracking_uri)
     yolo_env.setup(settings.volume)
-    configure(settings.tracking_uri)
+    configure(settings.tracking_uri, existing=True)
     version = require_alias(model_name, alias)  # RegistryError naming the aliases that do exist
     import mlflow
 
+    name = f"{model_name} v{version.version} (@{alias_name(alias)})"
+    not_a_detector = ModelyardError(f"{name} is not a detector model: pass the detector's --model-name")
     try:
-        pyfunc = mlflow.pyfunc.load_model(f"models:/{model_name}@{alias}")
+        pyfunc = mlflow.pyfunc.load_model(f"models:/{model_name}/{version.version}")
     except Exception as e:  # noqa: BLE001 - surface a user-facing message
-        raise ModelyardError(f"could not load {model_name}@{alias} (v{version.version}): {e}") from e
-    return pyfunc.unwrap_python_model(), str(version.version)
+        raise ModelyardError(f"could not load {name}: {e}") from e
+    try:
+        detector = pyfunc.unwrap_python_model()
+    except Exception:  # noqa: BLE001 - MLflow: not a python_function model of ours (e.g. a pytorch one)
+        raise not_a_detector from None
+    if not callable(getattr(detector, "predict_results", None)):  # models from code: a class of its own module
+        raise not_a_detector
+    return detector, str(version.version)
 
 
 SAVE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 from rich.console import Console
 
@@ -25,15 +26,60 @@ def _tracking_uri(tracking_uri: str, volume: str | None = None) -> str:
     return tracking_uri or Settings.resolve(workspace=volume).tracking_uri
 
 
+def _fetch_classes(raw_dir: Path, classes: str) -> tuple[Path, list[str]]:
+    """Copy the `classes` file (path or URL) into `raw_dir` and read its names; errors name the file."""
+    from modelyard.download import fetch
+
+    copy = raw_dir / f"classes-{ddata.archive_filename(classes)}"
+    copy.unlink(missing_ok=True)  # tiny: always the current one
+    fetch(classes, copy, show_progress=False, what="classes file")
+    try:
+        return copy, ddata.parse_class_names(copy, label=f"classes file {classes}")
+    except DataError:
+        copy.unlink(missing_ok=True)
+        raise
+
+
+def _build(volume: str, name: str, source: str, classes: str, sha256: str) -> dict:
+    """Download the archive (and the classes file) and build the dataset `name` from it."""
+    from modelyard.download import discard, fetch, sha256_file
+
+    root = ddata.datasets_root(volume)
+    for stale in root.glob(f".{name}.extract-*"):  # left by a killed extraction
+        shutil.rmtree(stale, ignore_errors=True)
+    raw_dir = ddata.raw_root(volume) / name
+    classes_file = _fetch_classes(raw_dir, classes)[0] if classes else None
+    archive_path = raw_dir / ddata.archive_filename(source)
+    meta = {"source": source, "archive": str(archive_path), "classes_source": classes}
+    built: dict = {}
+
+    def build(archive: Path) -> None:
+        built.update(ddata.build_dataset(archive, root / name, classes_file, {**meta, "archive_sha256": sha256_file(archive)}))
+
+    try:
+        # a new download replaces an archive already in the volume only once the dataset is built from it
+        archive = fetch(source, archive_path, sha256=sha256 or None, verify=build, track_source=True)
+        if not built:  # the archive from this source was already in the volume
+            try:
+                build(archive)
+            except (DownloadError, DataError):
+                discard(archive)  # an archive that cannot be used must not be picked up again by the next run
+                raise
+    except (DownloadError, DataError):
+        if classes_file is not None:
+            classes_file.unlink(missing_ok=True)
+        raise
+    return built
+
+
 def download(volume: str, source: str, classes: str = "", sha256: str = "", dataset: str = "") -> dict:
     """Fetch the archive once into `<volume>/raw/detection/<dataset>/` and extract it, safely, to
     `<volume>/datasets/detection/<dataset>/`. `source`: path, file:// or http(s):// URL of a .tar.gz /
     .tgz / .tar / .zip holding YOLO `images/` + `labels/` folders at any depth; `classes`: a file of class
     names (one a line; path or URL), else the archive's data.yaml or classes.txt. `dataset` defaults to the
-    archive's name. Already extracted: nothing is downloaded or extracted again.
+    archive's name. Already extracted: nothing is downloaded or extracted again; a `classes` file naming
+    other classes replaces the stored class names (images, labels and split stay as they are).
     """
-    from modelyard.download import fetch, sha256_file
-
     name = dataset or ddata.dataset_name(source)
     root = ddata.datasets_root(volume)
     target = root / name
@@ -42,29 +88,17 @@ def download(volume: str, source: str, classes: str = "", sha256: str = "", data
         if sha256 and info.get("archive_sha256") != sha256.lower():
             raise DownloadError(f"dataset {name} in the volume came from an archive with SHA-256 {info.get('archive_sha256')}, "
                                 f"not {sha256.lower()}; delete {target} (and {ddata.raw_root(volume) / name}) to replace it")
+        if classes:
+            names = _fetch_classes(ddata.raw_root(volume) / name, classes)[1]
+            info, previous = ddata.set_class_names(target, names, classes)
+            if previous is not None:
+                console.print(f"dataset {name}: class names updated from {classes}: {', '.join(previous)} -> {', '.join(names)} "
+                              "(images, labels and split unchanged)")
         reused = True
     else:
         if target.exists():
             raise DownloadError(f"{target} exists but is not a complete dataset (no {ddata.DATASET_INFO}); delete it and run again")
-        for stale in root.glob(f".{name}.extract-*"):  # left by a killed extraction
-            shutil.rmtree(stale, ignore_errors=True)
-        raw_dir = ddata.raw_root(volume) / name
-        archive_path = raw_dir / ddata.archive_filename(source)
-        archive = fetch(source, archive_path, sha256=sha256 or None)
-        classes_file = None
-        if classes:
-            classes_file = raw_dir / f"classes-{ddata.archive_filename(classes)}"
-            classes_file.unlink(missing_ok=True)  # tiny: always the current one
-            classes_file = fetch(classes, classes_file, show_progress=False)
-        meta = {"source": source, "archive": str(archive), "archive_sha256": sha256_file(archive), "classes_source": classes}
-        try:
-            info = ddata.build_dataset(archive, target, classes_file, meta)
-        except (DownloadError, DataError):
-            # an archive that cannot be used must not be picked up again by the next run
-            archive.unlink(missing_ok=True)
-            if classes_file is not None:
-                classes_file.unlink(missing_ok=True)
-            raise
+        info = _build(volume, name, source, classes, sha256)
         reused = False
     ddata.write_text_atomic(root / "latest", name + "\n")
     verb = "already in the volume" if reused else "extracted"
@@ -172,6 +206,5 @@ def promote(tracking_uri: str, run_id: str, model_name: str = "yolo-detector", m
     gates = [Gate("map50_95", "higher", float(map50_95_threshold))]
     decision = promote_if_better(model_name, run_id, model_uri, gates, alias="staging",
                                  comparable_on=("dataset", "dataset_digest"))  # the same images, the same split
-    console.print(decision.summary())
     return {"promoted": bool(decision.promoted), "version": str(decision.version or ""), "reason": "; ".join(decision.reasons),
             "decision": decision.summary()}

@@ -309,6 +309,15 @@ def _read_100k_release(arc: _Archive, release: Release):
 _READERS = {"csv": _read_csv_release, "dat": _read_dat_release, "100k": _read_100k_release}
 
 
+def check_release_archive(archive: str | Path, dataset: str = DEFAULT_RELEASE) -> None:
+    """DataError unless `archive` opens as a zip holding `dataset`'s ratings and movies files (cheap:
+    reads the zip's directory, not the tables)."""
+    release = get_release(dataset)
+    with _Archive(archive) as arc:
+        arc.member(release.ratings_file)
+        arc.member(release.items_file)
+
+
 def read_release(archive: str | Path, dataset: str = DEFAULT_RELEASE) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Parse the ratings and movies of `dataset` straight from its zip `archive`.
 

@@ -16,7 +16,7 @@ import pandas as pd
 from rich.console import Console
 
 from modelyard import registry, tracking
-from modelyard.download import fetch, sha256_file
+from modelyard.download import discard, fetch, is_cached, sha256_file
 from modelyard.errors import DataError, ModelyardError
 from modelyard.lake import Lake
 from modelyard.settings import raw_dir
@@ -40,18 +40,21 @@ def download(volume: str, dataset: str = mldata.DEFAULT_RELEASE, source: str = "
     """Fetch the release's zip into the volume once; the official URL unless `source` is given.
 
     The zip is reused only when it came from the same source (recorded beside it); another `--source`
-    replaces it.
+    replaces it once downloaded, checked and opened as the release's zip; until then the cached one stays.
     """
     release = mldata.get_release(dataset)
     dest = raw_dir(volume) / "movielens" / release.filename
-    origin = dest.with_name(dest.name + ".source")
     wanted = source or release.url
-    if dest.exists() and (not origin.exists() or origin.read_text().strip() != wanted):
-        dest.unlink()
-    reused = dest.exists()
+    reused = is_cached(dest, wanted)
     expected = sha256 or (release.sha256 if not source else None)
-    fetch(wanted, dest, sha256=expected or None)
-    origin.write_text(wanted + "\n")
+
+    def check_zip(path: Path) -> None:
+        try:
+            mldata.check_release_archive(path, dataset)
+        except DataError as e:
+            raise DataError(f"{wanted} is not the {dataset} zip ({e}); the volume was left as it was") from None
+
+    fetch(wanted, dest, sha256=expected or None, verify=check_zip, track_source=True)
     return {"archive": str(dest), "archive_sha256": sha256_file(dest), "reused": reused}
 
 
@@ -71,7 +74,7 @@ def ingest(volume: str, lake: str, archive: str, archive_sha256: str, dataset: s
         ratings, items = mldata.read_release(archive, dataset)
     except DataError as e:
         # an archive that cannot be parsed must not be reused by the next run
-        Path(archive).unlink(missing_ok=True)
+        discard(archive)  # and its .source record
         raise DataError(f"{e} (removed it from the volume; fix the source and run again)") from None
     splits = mldata.split_ratings(ratings, val_size=val_size, test_size=test_size, random_state=random_state)
     users_index, items_index = mldata.index_ids(splits["train"])

@@ -202,6 +202,7 @@ def test_s3_credentials_come_from_a_kubernetes_secret(tmp_path):
 @pytest.mark.parametrize(("args", "words"), [
     (["compile", "nosuchthing"], ["unknown pipeline", "nosuchthing", "recommender"]),
     (["compile", "recommender", "--mount-path", "relative/dir"], ["mount-path", "relative/dir"]),
+    (["compile", "recommender", "--mount-path", "//"], ["mount-path /", "root"]),
     (["compile", "recommender", "--access-mode", "Sometimes"], ["access-mode", "Sometimes"]),
     (["compile", "recommender", "--pvc-size", "lots"], ["pvc-size", "lots"]),
 ])

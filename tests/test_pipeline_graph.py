@@ -71,7 +71,10 @@ def test_runs_lists_the_readable_records_and_names_the_others(tmp_path):
     record = LocalRunner(tmp_path).run(pipe, {})
     (tmp_path / "runs" / "zz-broken.json").write_text("{broken")
     (tmp_path / "runs" / "zz-list.json").write_text("[1, 2]")
+    (tmp_path / "runs" / "zz-steps.json").write_text('{"run_id": "x", "status": "ok", "steps": 5}')
+    (tmp_path / "runs" / "zz-step.json").write_text('{"run_id": "y", "status": "ok", "steps": [{"name": "a"}]}')
     result = CliRunner().invoke(app, ["runs", "-w", str(tmp_path)], catch_exceptions=False)
     output = "".join(result.output.split())  # rich wraps long paths
     assert result.exit_code == 0 and record.run_id in output and "make:succeeded" in output
     assert "skipped" in output and "zz-broken.json:Expecting" in output and "zz-list.json:notarunrecord" in output
+    assert "zz-steps.json:notarunrecord" in output and "zz-step.json:notarunrecord" in output

@@ -212,6 +212,12 @@ def test_warm_start_starts_from_the_earlier_model(first_run, served):
     assert client.get_run(new_run).data.tags["warm_start_run_id"] == source_run
     # with a negligible learning rate the warm-started weights are the source model's: same validation rmse
     assert client.get_run(new_run).data.metrics["rmse"] == pytest.approx(client.get_run(source_run).data.metrics["rmse"], rel=1e-5)
+    # other factors: one clear error naming the shapes, not a load_state_dict traceback
+    other = invoke("run", "recommender", "--source", served[0], "-w", str(workspace), "--preset", "accurate",
+                   "-p", "epochs=1", "-p", "factors=8", *FAST, "--warm-start", source_run)
+    flat = " ".join(other.output.split())
+    assert other.exit_code == 1 and "its weights have other shapes, model.item.weight [" in flat, other.output
+    assert ", 25] (this run: [" in flat and ", 9])" in flat and "Traceback" not in other.output
 
 
 def test_python_api_runs_the_same_pipeline(served, tmp_path):

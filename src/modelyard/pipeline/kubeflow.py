@@ -67,6 +67,8 @@ class ClusterOptions:
             raise ValueError("--image must name a container image")
         if not PurePosixPath(self.mount_path).is_absolute():
             raise ValueError(f"--mount-path must be an absolute path, not {self.mount_path!r}")
+        if not str(PurePosixPath(self.mount_path)).strip("/"):  # "/", "//", "///"
+            raise ValueError("--mount-path / would mount the volume over the container's root; use a folder such as /mnt/pipeline")
         if self.access_mode not in ACCESS_MODES:
             raise ValueError(f"--access-mode {self.access_mode!r} is not one of {', '.join(ACCESS_MODES)}")
         if not re.fullmatch(r"\d+(\.\d+)?([EPTGMk]i?)?", self.pvc_size.strip()):

@@ -122,6 +122,11 @@ class LocalRunner:
         return record
 
 
+def _is_record(record: Any) -> bool:
+    return (isinstance(record, dict) and {"run_id", "status", "steps"} <= set(record) and isinstance(record["steps"], list)
+            and all(isinstance(step, dict) and {"name", "status"} <= set(step) for step in record["steps"]))
+
+
 def load_records(volume: str | Path, on_unreadable: Callable[[Path, str], None] | None = None) -> list[dict]:
     """Every run record in the volume, oldest first.
 
@@ -135,8 +140,8 @@ def load_records(volume: str | Path, on_unreadable: Callable[[Path, str], None] 
     for path in sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime):
         try:
             record = json.loads(path.read_text())
-            if not isinstance(record, dict) or not {"run_id", "status", "steps"} <= set(record):
-                raise ValueError("not a run record (no run_id, status and steps)")
+            if not _is_record(record):
+                raise ValueError("not a run record (no run_id, status and steps with names and statuses)")
         except (OSError, ValueError) as e:  # json.JSONDecodeError is a ValueError
             if on_unreadable is not None:
                 on_unreadable(path, str(e))

@@ -160,6 +160,13 @@ def train(volume: str, lake: str, tracking_uri: str, dataset_digest: str, datase
             raise ModelyardError(f"cannot warm-start from run {warm_start}: it is a {type(start.model).__name__} over "
                                  f"{start.n_users} users x {start.n_items} items, this run needs a "
                                  f"{type(net.model).__name__} over {n_users} x {n_items}")
+        shapes = {name: tuple(t.shape) for name, t in start.state_dict().items()}
+        wanted = {name: tuple(t.shape) for name, t in net.state_dict().items()}
+        if shapes != wanted:
+            differ = ", ".join(f"{n} {list(shapes.get(n, ()))} (this run: {list(wanted.get(n, ()))})"
+                               for n in sorted(set(shapes) | set(wanted)) if shapes.get(n) != wanted.get(n))
+            raise ModelyardError(f"cannot warm-start from run {warm_start}: its weights have other shapes, {differ}; "
+                                 "use the same factors / hidden_dims as that run")
         net.load_state_dict(start.state_dict())
         run_tags["warm_start_run_id"] = warm_start
 

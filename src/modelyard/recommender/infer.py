@@ -13,7 +13,8 @@ from modelyard import registry, tracking
 from modelyard.errors import ModelyardError
 
 
-SERVING_TABLES = ("user_index", "item_index", "items", "rated")  # logged next to the model (steps.train)
+# Logged next to the model by steps.train, in the order of the Recommender fields they fill.
+SERVING_TABLES = ("user_index", "item_index", "items", "rated")
 
 
 @dataclass
@@ -37,8 +38,7 @@ class Recommender:
         if missing:
             raise ModelyardError(f"{model_dir} is not a modelyard recommender model (it has no {', '.join(missing)})")
         read = lambda name: pd.read_parquet(extra / f"{name}.parquet")  # noqa: E731
-        return cls(mlflow.pytorch.load_model(str(model_dir)), read("user_index"), read("item_index"), read("items"),
-                   read("rated"), version)
+        return cls(mlflow.pytorch.load_model(str(model_dir)), *(read(name) for name in SERVING_TABLES), version)
 
     @classmethod
     def from_registry(cls, alias: str = "prod", model_name: str = "movielens-recommender",

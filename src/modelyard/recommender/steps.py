@@ -22,6 +22,7 @@ from modelyard.lake import Lake
 from modelyard.settings import raw_dir
 from modelyard.recommender import data as mldata
 from modelyard.recommender.checks import check_tables
+from modelyard.recommender.infer import SERVING_TABLES
 
 EXPERIMENT = "recommender"
 MODEL_NAME = "movielens-recommender"
@@ -216,8 +217,7 @@ def _optimizer_name(name: str) -> str:
 def _serving_files(folder: Path, store: Lake, dataset: str, users_index, items_index) -> list[str]:
     """What `recommend` needs beside the weights: id maps, titles, and every rated (user, item) pair."""
     rated = pd.concat([store.read_table(table(dataset, s), columns=["user_id", "item_id"]) for s in ("train", "val", "test")])
-    frames = {"user_index": users_index, "item_index": items_index,
-              "items": store.read_table(table(dataset, "items")), "rated": rated}
+    frames = dict(zip(SERVING_TABLES, (users_index, items_index, store.read_table(table(dataset, "items")), rated)))
     paths = []
     for name, df in frames.items():
         path = folder / f"{name}.parquet"

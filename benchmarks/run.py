@@ -108,6 +108,8 @@ def run_throughput(args) -> list[dict]:
             (f"modelyard fit, textbook preset, batch {args.best_batch_size}", lambda: modelyard_throughput(
                 data, "textbook", {"batch_size": args.best_batch_size}, None)),
             ("modelyard fit, accurate preset", lambda: modelyard_throughput(data, "accurate", {}, None)),
+            ("modelyard fit, accurate preset, fused=false", lambda: modelyard_throughput(
+                data, "accurate", {"fused": False}, None)),
             ("Surprise SVD (defaults)", lambda: surprise_throughput(data, args.surprise_ratings)),
         ]
         base = None

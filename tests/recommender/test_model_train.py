@@ -261,13 +261,17 @@ def test_lazy_sparse_adam_equals_torch_sparse_adam(n_users):
         torch.testing.assert_close(ours[name], theirs[name], rtol=1e-3, atol=1e-4)  # summation order
 
 
-@pytest.mark.parametrize("model_name", ["biased-mf", "mlp-mf"])
-def test_fit_sparse_adam_equals_torch_sparse_adam(model_name):
-    """fit with sparse_adam == a plain loop with torch.optim.SparseAdam (and Adam for mlp-mf's MLP)."""
+@pytest.mark.parametrize(("model_name", "fused"), [("biased-mf", True), ("biased-mf", False), ("mlp-mf", True)])
+def test_fit_sparse_adam_equals_torch_sparse_adam(model_name, fused):
+    """fit with sparse_adam == a plain loop with torch.optim.SparseAdam (and Adam for mlp-mf's MLP).
+
+    biased-mf with ``fused`` trains through the compiled kernel, without it through PyTorch ops.
+    """
     from modelyard.recommender.train import SPARSE_ADAM_BETAS, frequency_weights
 
     params = resolve_params("accurate", {"model": model_name, "epochs": 2, "batch_size": 100, "shuffle": False,
-                                         "step_size": 0, "learning_rate": 0.05, "dropout": 0.0, "device": "cpu"})
+                                         "step_size": 0, "learning_rate": 0.05, "dropout": 0.0, "device": "cpu",
+                                         "fused": fused})
     model = build_model(params, N_USERS, N_ITEMS, 3.0)
     reference = copy.deepcopy(unwrap(model))
     result = fit(model, TRAIN, None, params)
@@ -303,6 +307,49 @@ def test_fit_sparse_adam_equals_torch_sparse_adam(model_name):
     assert [h["train_loss"] for h in result.history] == pytest.approx(losses, rel=1e-4)
     for name, tensor in reference.state_dict().items():
         torch.testing.assert_close(unwrap(model).state_dict()[name], tensor, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},  # the accurate preset: MSE, frequency-weighted L2, StepLR, shuffled
+        {"loss": "l1", "weight_decay": 0.0, "batch_size": 37},  # a last batch shorter than the others
+        {"weight_decay": 0.0, "learning_rate": 0.05, "factors": 32, "epochs": 30, "patience": 2},  # stops early
+    ],
+)
+def test_fused_epoch_equals_pytorch_steps(monkeypatch, overrides):
+    """The compiled biased-mf + sparse Adam epoch computes what the PyTorch path computes."""
+    from modelyard.recommender import fused
+
+    calls = []
+    run_epoch = fused.FusedSparseAdam.run_epoch
+    monkeypatch.setattr(fused.FusedSparseAdam, "run_epoch", lambda self, *a: calls.append(1) or run_epoch(self, *a))
+    runs = []
+    for use_fused in (True, False):
+        params = resolve_params("accurate", {"epochs": 6, "batch_size": 128, "step_size": 2, "device": "cpu",
+                                             **overrides, "fused": use_fused})
+        model = build_model(params, N_USERS, N_ITEMS, global_mean=3.0)
+        runs.append((fit(model, TRAIN, VAL, params), unwrap(model).state_dict()))
+    (fast, fast_weights), (slow, slow_weights) = runs
+    assert len(calls) == len(fast.history) >= 3  # every epoch of the first run was fused, none of the second
+    assert fast.best_epoch == slow.best_epoch and len(fast.history) == len(slow.history)
+    for name in ("train_loss", "val_loss"):
+        assert [h[name] for h in fast.history] == pytest.approx([h[name] for h in slow.history], rel=1e-4)
+    for name, tensor in slow_weights.items():
+        torch.testing.assert_close(fast_weights[name], tensor, rtol=1e-3, atol=1e-4)  # summation order
+
+
+def test_fused_only_where_it_applies():
+    from modelyard.recommender import fused
+
+    cpu = torch.device("cpu")
+    accurate = resolve_params("accurate", {"device": "cpu"})
+    biased = unwrap(build_model(accurate, N_USERS, N_ITEMS, 3.0))
+    assert fused.supports(biased, accurate, cpu)
+    for overrides in ({"fused": False}, {"optimizer": "sgd"}, {"optimizer": "adam"}):
+        assert not fused.supports(biased, {**accurate, **overrides}, cpu)
+    assert not fused.supports(biased, accurate, torch.device("cuda"))
+    assert not fused.supports(unwrap(build_model({**accurate, "model": "mlp-mf"}, N_USERS, N_ITEMS, 3.0)), accurate, cpu)
 
 
 def test_fit_rejects_bad_input():

@@ -396,18 +396,15 @@ def fit(
 
         t0 = time.perf_counter()
         net.train()
-        if p["shuffle"]:
-            order = torch.randperm(n, generator=shuffler, device=device)
-            epoch_users, epoch_items, epoch_ratings = users[order], items[order], ratings[order]
-            del order
+        order = torch.randperm(n, generator=shuffler, device=device) if p["shuffle"] else None
+        if fused_trainer is not None:  # reads the ratings in `order` itself
+            train_loss = fused_trainer.run_epoch(users, items, ratings, order, lr)
         else:
-            epoch_users, epoch_items, epoch_ratings = users, items, ratings
-        if fused_trainer is not None:
-            train_loss = fused_trainer.run_epoch(epoch_users, epoch_items, epoch_ratings, lr)
-        else:
-            train_loss = _train_epoch(net, optimizers, loss_fn, l2, (epoch_users, epoch_items, epoch_ratings),
-                                      batch_size, (user_weight, item_weight) if l2 else None)
-        del epoch_users, epoch_items, epoch_ratings
+            batches = (users, items, ratings) if order is None else (users[order], items[order], ratings[order])
+            train_loss = _train_epoch(net, optimizers, loss_fn, l2, batches, batch_size,
+                                      (user_weight, item_weight) if l2 else None)
+            del batches
+        del order
         train_seconds.append(time.perf_counter() - t0)
 
         val_loss = math.nan

@@ -89,8 +89,12 @@ if numba is not None:
     @numba.njit(inline="always")
     def _adam_rows(slab, rows, grad, count, step_size, beta1, beta2, eps):
         """SparseAdam's update of the ``count`` rows ``rows`` of ``slab`` from their gradients ``grad``."""
+        base = np.intp(slab.ctypes.data)
+        row_bytes = 3 * slab.shape[2] * 4
         for s in range(count):
             row = rows[s]
+            if s + 8 < count:
+                _prefetch_row(base, rows[s + 8], row_bytes)
             for f in range(slab.shape[2]):
                 g = grad[s, f]
                 m = slab[row, 1, f] + (1.0 - beta1) * (g - slab[row, 1, f])
@@ -119,6 +123,8 @@ def _epoch(users, items, ratings, order, user_slab, item_slab, user_freq, item_f
     user_base, item_base = np.intp(user_slab.ctypes.data), np.intp(item_slab.ctypes.data)
     users_base, items_base = np.intp(users.ctypes.data), np.intp(items.ctypes.data)
     ratings_base = np.intp(ratings.ctypes.data)
+    user_mark_base, item_mark_base = np.intp(user_mark.ctypes.data), np.intp(item_mark.ctypes.data)
+    user_freq_base, item_freq_base = np.intp(user_freq.ctypes.data), np.intp(item_freq.ctypes.data)
     row_bytes = 3 * width * 4
     index_bytes, rating_bytes = users.itemsize, ratings.itemsize
     loss_sum = 0.0
@@ -139,6 +145,10 @@ def _epoch(users, items, ratings, order, user_slab, item_slab, user_freq, item_f
                 k = order[j + AHEAD] if shuffled else j + AHEAD
                 _prefetch_row(user_base, users[k], row_bytes)
                 _prefetch_row(item_base, items[k], row_bytes)
+                _prefetch(user_mark_base + users[k] * 8)
+                _prefetch(item_mark_base + items[k] * 8)
+                _prefetch(user_freq_base + users[k] * 4)
+                _prefetch(item_freq_base + items[k] * 4)
             k = order[j] if shuffled else j
             u = users[k]
             i = items[k]

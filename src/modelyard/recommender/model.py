@@ -53,8 +53,11 @@ class MLPMF(nn.Module):
         self.out = nn.Linear(hidden_dims, 1)
 
     def forward(self, users: Tensor, items: Tensor) -> Tensor:
-        x = self.user_factors(users) * self.item_factors(items)
-        x = self.dropout(self.relu(self.hidden(x)))
+        return self.forward_rows(self.user_factors(users), self.item_factors(items))
+
+    def forward_rows(self, user_rows: Tensor, item_rows: Tensor) -> Tensor:
+        """Predictions from already looked-up embedding rows ``[B, factors]`` (``fit``'s SGD path)."""
+        x = self.dropout(self.relu(self.hidden(user_rows * item_rows)))
         return self.out(x).squeeze(-1)
 
     def score_all_items(self, users: Tensor) -> Tensor:

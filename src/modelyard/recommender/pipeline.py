@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from modelyard.pipeline.graph import Pipeline, Step
@@ -35,6 +36,9 @@ def check_params(params: dict[str, Any]) -> None:
     get_release(params["dataset"])
     check_split_sizes(float(params["val_size"]), float(params["test_size"]))
     resolve_params(params["preset"], {k: params[k] for k in PRESETS[params["preset"]]})
+    for name in ("threshold", "rmse_threshold", "precision_threshold", "recall_threshold", "val_size", "test_size"):
+        if not math.isfinite(float(params[name])):
+            raise ValueError(f"parameter {name!r} must be a finite number, got {params[name]}")
     for name in ("top_k",):
         if int(params[name]) < 1:
             raise ValueError(f"parameter {name!r} must be >= 1, got {params[name]}")

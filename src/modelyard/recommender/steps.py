@@ -124,8 +124,8 @@ def train(volume: str, lake: str, tracking_uri: str, dataset_digest: str, datase
           model: str = "mlp-mf", factors: int = 20, hidden_dims: int = 256, dropout: float = 0.2, loss: str = "l1",
           optimizer: str = "sgd", learning_rate: float = 1e-3, weight_decay: float = 0.0, step_size: int = 10,
           gamma: float = 0.1, epochs: int = 30, batch_size: int = 64, shuffle: bool = True, random_state: int = 42,
-          patience: int = 0, device: str = "auto", preset: str = "textbook", warm_start: str = "", tags: str = "{}",
-          experiment: str = EXPERIMENT, val_size: float = 0.15, test_size: float = 0.10) -> dict:
+          patience: int = 0, device: str = "auto", fused: bool = True, preset: str = "textbook", warm_start: str = "",
+          tags: str = "{}", experiment: str = EXPERIMENT, val_size: float = 0.15, test_size: float = 0.10) -> dict:
     """Train one model in one MLflow run (and TensorBoard) and log it with its signature.
 
     `tags` is a JSON object of user tags; `warm_start` an earlier run id whose model to start from.
@@ -141,7 +141,8 @@ def train(volume: str, lake: str, tracking_uri: str, dataset_digest: str, datase
     params = resolve_params(preset, dict(
         model=model, factors=factors, hidden_dims=hidden_dims, dropout=dropout, loss=loss, optimizer=optimizer,
         learning_rate=learning_rate, weight_decay=weight_decay, step_size=step_size, gamma=gamma, epochs=epochs,
-        batch_size=batch_size, shuffle=shuffle, random_state=random_state, patience=patience, device=device))
+        batch_size=batch_size, shuffle=shuffle, random_state=random_state, patience=patience, device=device,
+        fused=fused))
     store = Lake(lake)
     train_df, val_df, users_index, items_index = _load_training_data(store, dataset)
     train_data, _ = _encoded(train_df, users_index, items_index)

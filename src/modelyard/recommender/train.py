@@ -165,8 +165,13 @@ def resolve_params(preset: str = "textbook", overrides: dict | None = None) -> d
             raise ValueError(f"parameter {name!r} must be >= 0, got {params[name]}")
     if not 0.0 <= params["dropout"] < 1.0:
         raise ValueError(f"parameter 'dropout' must be in [0, 1), got {params['dropout']}")
+    for name in ("learning_rate", "weight_decay", "gamma", "dropout"):
+        if not math.isfinite(params[name]):
+            raise ValueError(f"parameter {name!r} must be a finite number, got {params[name]}")
     if params["learning_rate"] <= 0 or params["weight_decay"] < 0:
         raise ValueError("parameters 'learning_rate' must be > 0 and 'weight_decay' >= 0")
+    if params["gamma"] <= 0:
+        raise ValueError(f"parameter 'gamma' must be > 0, got {params['gamma']}")
     return params
 
 
@@ -440,6 +445,11 @@ def fit(
             del batches
         del order
         train_seconds.append(time.perf_counter() - t0)
+        if not math.isfinite(train_loss):
+            raise ValueError(
+                f"training diverged: train_loss is {train_loss} in epoch {epoch} (learning_rate {lr:g}); "
+                "lower learning_rate"
+            )
 
         val_loss = math.nan
         if has_val:

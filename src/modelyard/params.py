@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from modelyard.errors import ModelyardError
@@ -51,6 +52,13 @@ def coerce_params(values: dict[str, Any], defaults: dict[str, Any], options: dic
     if unknown:
         raise ModelyardError(f"unknown parameter(s): {', '.join(unknown)}; known: {', '.join(sorted(settable))}")
     return {k: coerce(k, v, defaults[k]) for k, v in values.items()}
+
+
+def check_finite(values: dict[str, Any]) -> None:
+    """ValueError naming the first float value that is NaN or infinite."""
+    for name, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"parameter {name!r} must be a finite number, got {value}")
 
 
 def check_split_sizes(val_size: float, test_size: float) -> None:

@@ -201,7 +201,12 @@ def _kernel():
     """``_epoch`` compiled (once per process; numba caches the machine code under ``__pycache__``)."""
     global _compiled
     if _compiled is None:
-        _compiled = numba.njit(cache=True, nogil=True)(_epoch)
+        try:
+            _compiled = numba.njit(cache=True, nogil=True)(_epoch)
+        except RuntimeError as error:  # no writable cache location (a read-only install): compile uncached
+            if "cannot cache" not in str(error):
+                raise
+            _compiled = numba.njit(nogil=True)(_epoch)
     return _compiled
 
 
@@ -228,29 +233,19 @@ class FusedSparseAdam:
             np.zeros((self.batch_size, width), np.float32), np.zeros((self.batch_size, width), np.float32),
         )
         empty = np.zeros(0, np.int64)
-        self._run(empty, empty, np.zeros(0, np.float32), empty, 0.0)  # compile (or load) the kernel now
+        self._call(empty, empty, np.zeros(0, np.float32), empty, 0.0)  # compile (or load) the kernel now
 
-    def _run(self, users: np.ndarray, items: np.ndarray, ratings: np.ndarray, order: np.ndarray, lr: float) -> float:
-        global _compiled
-        for slab, table in zip(self.slabs, self.tables):
-            slab[:, 0, :] = table.detach().numpy()
+    def _call(self, users: np.ndarray, items: np.ndarray, ratings: np.ndarray, order: np.ndarray, lr: float) -> float:
+        """Run the kernel over the slabs; the sum of per-rating losses."""
         user_mark, item_mark, *rest = self.scratch
         user_mark.fill(0)  # marks hold this epoch's batch numbers (1, 2, ...)
         item_mark.fill(0)
         beta1, beta2 = self.betas
-        args = (users, items, ratings, order, *self.slabs, *self.freq, float(self.net.global_mean),
-                self.batch_size, self.loss_code, self.l2, float(lr), float(beta1), float(beta2), float(self.eps),
-                self.step, user_mark, item_mark, *rest)
-        try:
-            loss_sum, self.step = _kernel()(*args)
-        except RuntimeError as error:  # no writable cache location (a read-only install): compile uncached
-            if "cannot cache" not in str(error):
-                raise
-            _compiled = numba.njit(nogil=True)(_epoch)
-            loss_sum, self.step = _compiled(*args)
-        with torch.no_grad():
-            for slab, table in zip(self.slabs, self.tables):
-                table.copy_(torch.from_numpy(slab[:, 0, :]))
+        loss_sum, self.step = _kernel()(
+            users, items, ratings, order, *self.slabs, *self.freq, float(self.net.global_mean),
+            self.batch_size, self.loss_code, self.l2, float(lr), float(beta1), float(beta2), float(self.eps),
+            self.step, user_mark, item_mark, *rest,
+        )
         return loss_sum
 
     def run_epoch(self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor,
@@ -259,4 +254,10 @@ class FusedSparseAdam:
         arrays = [np.ascontiguousarray(t.numpy()) for t in (users, items)]
         arrays.append(np.ascontiguousarray(ratings.numpy(), dtype=np.float32))
         arrays.append(np.zeros(0, np.int64) if order is None else np.ascontiguousarray(order.numpy(), dtype=np.int64))
-        return self._run(*arrays, lr) / max(1, len(ratings) if order is None else len(order))
+        for slab, table in zip(self.slabs, self.tables):
+            slab[:, 0, :] = table.detach().numpy()
+        loss_sum = self._call(*arrays, lr)
+        with torch.no_grad():
+            for slab, table in zip(self.slabs, self.tables):
+                table.copy_(torch.from_numpy(slab[:, 0, :]))
+        return loss_sum / max(1, len(ratings) if order is None else len(order))

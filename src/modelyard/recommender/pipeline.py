@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from modelyard.pipeline.graph import Pipeline, Step
@@ -29,16 +28,14 @@ def default_params(preset: str = "textbook") -> dict[str, Any]:
 
 def check_params(params: dict[str, Any]) -> None:
     """Fail before any step runs on values a later step would refuse (ValueError naming the parameter)."""
-    from modelyard.params import check_split_sizes
+    from modelyard.params import check_finite, check_split_sizes
     from modelyard.recommender.data import get_release
     from modelyard.recommender.train import resolve_params
 
     get_release(params["dataset"])
+    check_finite(params)
     check_split_sizes(float(params["val_size"]), float(params["test_size"]))
     resolve_params(params["preset"], {k: params[k] for k in PRESETS[params["preset"]]})
-    for name in ("threshold", "rmse_threshold", "precision_threshold", "recall_threshold", "val_size", "test_size"):
-        if not math.isfinite(float(params[name])):
-            raise ValueError(f"parameter {name!r} must be a finite number, got {params[name]}")
     for name in ("top_k",):
         if int(params[name]) < 1:
             raise ValueError(f"parameter {name!r} must be >= 1, got {params[name]}")

@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from modelyard.params import check_finite
 from modelyard.recommender import fused
 from modelyard.recommender.evaluate import predict_tensor
 from modelyard.recommender.model import MODELS, set_sparse_gradients, unwrap, uses_sparse_gradients
@@ -157,6 +158,7 @@ def resolve_params(preset: str = "textbook", overrides: dict | None = None) -> d
             raise ValueError(
                 f"parameter {name!r}: unknown value {params[name]!r}; known values: {', '.join(allowed)}"
             )
+    check_finite(params)
     for name in ("factors", "hidden_dims", "epochs", "batch_size"):
         if params[name] < 1:
             raise ValueError(f"parameter {name!r} must be >= 1, got {params[name]}")
@@ -165,9 +167,6 @@ def resolve_params(preset: str = "textbook", overrides: dict | None = None) -> d
             raise ValueError(f"parameter {name!r} must be >= 0, got {params[name]}")
     if not 0.0 <= params["dropout"] < 1.0:
         raise ValueError(f"parameter 'dropout' must be in [0, 1), got {params['dropout']}")
-    for name in ("learning_rate", "weight_decay", "gamma", "dropout"):
-        if not math.isfinite(params[name]):
-            raise ValueError(f"parameter {name!r} must be a finite number, got {params[name]}")
     if params["learning_rate"] <= 0 or params["weight_decay"] < 0:
         raise ValueError("parameters 'learning_rate' must be > 0 and 'weight_decay' >= 0")
     if params["gamma"] <= 0:
@@ -312,6 +311,13 @@ def _check_indices(name: str, users: Tensor, items: Tensor, net: nn.Module) -> N
             )
 
 
+def _batches(batches: tuple[Tensor, Tensor, Tensor], batch_size: int):
+    """Consecutive ``(users, items, ratings)`` slices of ``batch_size`` ratings (the last may be shorter)."""
+    users, items, ratings = batches
+    for start in range(0, len(ratings), batch_size):
+        yield users[start : start + batch_size], items[start : start + batch_size], ratings[start : start + batch_size]
+
+
 def _sgd_rows_epoch(net: nn.Module, loss_fn, batches, batch_size: int, lr: float) -> float:
     """One epoch of plain SGD for a model with ``forward_rows`` (mlp-mf) and sparse embeddings.
 
@@ -320,14 +326,11 @@ def _sgd_rows_epoch(net: nn.Module, loss_fn, batches, batch_size: int, lr: float
     autograd differentiates those, and the row gradients are added back into the tables with
     ``index_add_`` (rows repeated in a batch are summed, as in a sparse gradient).
     """
-    users, items, ratings = batches
     user_table, item_table = net.user_factors.weight, net.item_factors.weight
     dense = [p for p in net.parameters() if p is not user_table and p is not item_table]
+    ratings = batches[2]
     loss_sum = torch.zeros((), dtype=torch.float64, device=ratings.device)
-    for start in range(0, len(ratings), batch_size):
-        u = users[start : start + batch_size]
-        i = items[start : start + batch_size]
-        r = ratings[start : start + batch_size]
+    for u, i, r in _batches(batches, batch_size):
         user_rows = user_table.detach().index_select(0, u).requires_grad_()
         item_rows = item_table.detach().index_select(0, i).requires_grad_()
         loss = loss_fn(net.forward_rows(user_rows, item_rows), r)
@@ -343,12 +346,9 @@ def _sgd_rows_epoch(net: nn.Module, loss_fn, batches, batch_size: int, lr: float
 
 def _train_epoch(net, optimizers, loss_fn, l2, batches, batch_size, frequency) -> float:
     """One epoch of PyTorch steps over ``batches = (users, items, ratings)`` in order; the mean loss."""
-    users, items, ratings = batches
+    ratings = batches[2]
     loss_sum = torch.zeros((), dtype=torch.float64, device=ratings.device)
-    for start in range(0, len(ratings), batch_size):
-        u = users[start : start + batch_size]
-        i = items[start : start + batch_size]
-        r = ratings[start : start + batch_size]
+    for u, i, r in _batches(batches, batch_size):
         if l2:
             pred, user_sq, item_sq = net.forward_with_norms(u, i)
             loss = loss_fn(pred, r)
@@ -408,13 +408,12 @@ def fit(
     # Models with forward_with_norms (biased-mf) take their L2 in the loss, each factor vector
     # weighted by 1/sqrt(its number of training ratings); the others take it in the optimizer.
     l2 = p["weight_decay"] if hasattr(net, "forward_with_norms") else 0.0
-    if l2:
-        user_weight = frequency_weights(users, net.n_users)
-        item_weight = frequency_weights(items, net.n_items)
+    frequency = None
+    if hasattr(net, "forward_with_norms"):
+        frequency = (frequency_weights(users, net.n_users), frequency_weights(items, net.n_items))
     fused_trainer = None
     if fused.supports(net, p, device):
-        weights = (user_weight, item_weight) if l2 else (torch.ones(net.n_users), torch.ones(net.n_items))
-        fused_trainer = fused.FusedSparseAdam(net, l2, *weights, p["loss"], p["batch_size"], SPARSE_ADAM_BETAS)
+        fused_trainer = fused.FusedSparseAdam(net, l2, *frequency, p["loss"], p["batch_size"], SPARSE_ADAM_BETAS)
     # plain SGD on sparse embeddings (the textbook preset): the row-gathered path, same updates
     sgd_rows = p["optimizer"] == "sgd" and hasattr(net, "forward_rows") and uses_sparse_gradients(p)
     optimizers = [] if fused_trainer or sgd_rows else make_optimizers(net, p)
@@ -440,8 +439,7 @@ def fit(
             if sgd_rows:
                 train_loss = _sgd_rows_epoch(net, loss_fn, batches, batch_size, lr)
             else:
-                train_loss = _train_epoch(net, optimizers, loss_fn, l2, batches, batch_size,
-                                          (user_weight, item_weight) if l2 else None)
+                train_loss = _train_epoch(net, optimizers, loss_fn, l2, batches, batch_size, frequency)
             del batches
         del order
         train_seconds.append(time.perf_counter() - t0)

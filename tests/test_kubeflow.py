@@ -46,7 +46,7 @@ def pipeline_of(target: str) -> Pipeline:
 
 
 def expected_params(pipeline: Pipeline, options: kubeflow.ClusterOptions) -> dict:
-    expected = {k: v for k, v in pipeline.params.items() if k != "volume"}
+    expected = {k: v for k, v in pipeline.params.items() if k != "volume" and k not in kubeflow.COMPILE_TIME}
     if "tracking_uri" in expected:
         expected["tracking_uri"] = f"sqlite:///{options.mount_path}/mlflow.db"
     if "lake" in expected:
@@ -144,7 +144,8 @@ def test_components_are_generated_from_the_step_signatures(compiled, target):
     for name, task in step_tasks(spec).items():
         step = pipeline.step(name)
         component = spec["components"][task["componentRef"]["name"]]
-        bound = {a for a in step.signature().parameters if a in step.inputs or a in pipeline.params}
+        bound = {a for a in step.signature().parameters
+                 if a in step.inputs or (a in pipeline.params and a not in kubeflow.COMPILE_TIME)}
         assert set(component["inputDefinitions"]["parameters"]) == bound, name
         outputs = component.get("outputDefinitions", {})
         assert set(step.outputs) <= set(outputs.get("parameters", {})), name
@@ -177,6 +178,10 @@ def test_default_cluster_options_put_tracking_and_lake_on_the_pvc(tmp_path):
     from modelyard.recommender.pipeline import default_params
 
     assert params["model"]["defaultValue"] == default_params("accurate")["model"] != default_params("textbook")["model"]
+    # the preset is fixed by compile (a run parameter would relabel runs without changing their defaults)
+    assert "preset" not in params
+    train = spec["deploymentSpec"]["executors"][spec["components"][step_tasks(spec)["train"]["componentRef"]["name"]]["executorLabel"]]
+    assert "preset='accurate'" in " ".join(train["container"]["command"])
     assert "deletepvc" not in spec["root"]["dag"]["tasks"]
     create = spec["root"]["dag"]["tasks"]["createpvc"]["inputs"]["parameters"]
     assert "storage_class_name" not in create  # "" = not set: KFP's own default
@@ -192,11 +197,27 @@ def test_s3_credentials_come_from_a_kubernetes_secret(tmp_path):
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     for name, task in step_tasks(spec).items():
         label = spec["components"][task["componentRef"]["name"]]["executorLabel"]
-        (secret,) = executors[label]["secretAsEnv"]
-        assert secret["secretName"] == "modelyard-s3"
-        assert {m["envVar"] for m in secret["keyToEnv"]} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+        keys, session = executors[label]["secretAsEnv"]
+        assert keys["secretName"] == session["secretName"] == "modelyard-s3"
+        assert {m["envVar"] for m in keys["keyToEnv"]} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} and not keys.get("optional")
+        assert [m["envVar"] for m in session["keyToEnv"]] == ["AWS_SESSION_TOKEN"] and session["optional"] is True
         env = {e["name"]: e["value"] for e in spec["deploymentSpec"]["executors"][label]["container"]["env"]}
         assert env["MODELYARD_S3_ENDPOINT"] == "http://minio.kubeflow:9000"
+
+
+def test_an_existing_pvc_and_mlflow_credentials_from_a_secret(tmp_path):
+    options = kubeflow.ClusterOptions(existing_pvc="modelyard-data", mlflow_secret="mlflow-auth")
+    spec, platform = read_yaml(kubeflow.compile_pipeline("recommender", tmp_path / "r.yaml", options))
+    assert not {"createpvc", "deletepvc"} & set(spec["root"]["dag"]["tasks"])
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for name, task in step_tasks(spec).items():
+        label = spec["components"][task["componentRef"]["name"]]["executorLabel"]
+        (mount,) = executors[label]["pvcMount"]
+        assert mount["mountPath"] == "/mnt/pipeline" and "modelyard-data" in json.dumps(mount), name
+        (secret,) = executors[label]["secretAsEnv"]
+        assert secret["secretName"] == "mlflow-auth" and secret["optional"] is True
+        assert {m["envVar"] for m in secret["keyToEnv"]} == set(kubeflow.MLFLOW_SECRET_KEYS)
+    assert "mlflow-auth" not in json.dumps(spec["root"]["inputDefinitions"])  # no run parameter carries it
 
 
 @pytest.mark.parametrize(("args", "words"), [
@@ -205,6 +226,9 @@ def test_s3_credentials_come_from_a_kubernetes_secret(tmp_path):
     (["compile", "recommender", "--mount-path", "//"], ["mount-path /", "root"]),
     (["compile", "recommender", "--access-mode", "Sometimes"], ["access-mode", "Sometimes"]),
     (["compile", "recommender", "--pvc-size", "lots"], ["pvc-size", "lots"]),
+    (["compile", "recommender", "--pvc-size", "0"], ["pvc-size", "'0'"]),
+    (["compile", "recommender", "--existing-pvc", "data", "--delete-pvc"], ["--delete-pvc with --existing-pvc data"]),
+    (["compile", "recommender", "--mlflow-secret", "My_Secret"], ["--mlflow-secret 'My_Secret' is not a Kubernetes object name"]),
 ])
 def test_compile_errors_are_one_clear_line(tmp_path, args, words):
     result = runner.invoke(app, [*args[:2], "-o", str(tmp_path / "x.yaml"), *args[2:]])
@@ -223,15 +247,6 @@ def test_call_step_runs_the_step_function_and_exits_cleanly_on_errors(tmp_path, 
     assert "error:" in err and "not found in the lake" in err and "Traceback" not in err
     with pytest.raises(ModelyardError, match="unknown pipeline"):
         kubeflow.load_pipeline("nope")
-
-
-def test_outputs_are_coerced_to_their_declared_types():
-    assert kubeflow._coerce(True, str, "x") == "true"
-    assert kubeflow._coerce(3, float, "x") == 3.0 and isinstance(kubeflow._coerce(3, float, "x"), float)
-    assert kubeflow._coerce("4", int, "x") == 4
-    assert kubeflow._coerce("false", bool, "x") is False
-    with pytest.raises(ModelyardError, match="x: 'abc' is not a int"):
-        kubeflow._coerce("abc", int, "x")
 
 
 def test_generated_components_have_source_for_kfp():

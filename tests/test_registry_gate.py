@@ -33,6 +33,14 @@ def test_a_positive_threshold_demands_improvement():
     assert ok
 
 
+def test_a_nan_challenger_fails_and_a_nan_incumbent_is_replaced():
+    nan = float("nan")
+    ok, reasons = decide({"rmse": nan, "precision_at_k": 0.9, "recall_at_k": 0.9}, {"rmse": 1.0, "precision_at_k": 0.1, "recall_at_k": 0.1}, TEXTBOOK)
+    assert not ok and reasons[0] == "rmse: challenger's value nan is not a number: FAIL"
+    ok, reasons = decide({"rmse": 2.0, "precision_at_k": 0.5, "recall_at_k": 0.5}, {"rmse": nan, "precision_at_k": 0.5, "recall_at_k": 0.5}, TEXTBOOK)
+    assert ok and "the current model's value is not a number" in reasons[0]
+
+
 @pytest.fixture
 def store(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -88,6 +96,14 @@ def test_alias_moves_only_through_the_gate_and_rolls_back(store):
         registry.promote_version("m", "@", 3)
     tags = MlflowClient().get_model_version("m", "2").tags
     assert tags["modelyard.decision.staging"].startswith("rejected") and "rmse: 1.2000 vs 1.0000" in tags["modelyard.reasons.staging"]
+
+
+def test_a_first_candidate_with_nan_metrics_is_not_promoted(store):
+    broken = store(float("nan"))
+    decision = registry.promote_if_better("m", broken, f"runs:/{broken}/model", TEXTBOOK)
+    assert not decision.promoted and "non-finite rmse" in decision.reasons[0]
+    with pytest.raises(RegistryError, match="@staging"):
+        registry.require_alias("m", "staging")
 
 
 def test_every_decision_is_logged_and_incomparable_models_are_not_promoted(store):

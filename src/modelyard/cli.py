@@ -14,7 +14,7 @@ import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from modelyard.errors import ModelyardError, QualityError  # noqa: E402
+from modelyard.errors import ModelyardError, QualityError, user_errors  # noqa: E402
 from modelyard.params import check_tags, coerce_params, parse_pairs  # noqa: E402
 from modelyard.settings import Settings  # noqa: E402
 
@@ -29,13 +29,6 @@ WorkspaceOpt = Annotated[Optional[Path], typer.Option("--workspace", "-w", help=
 LakeOpt = Annotated[Optional[str], typer.Option("--lake", help="Data lake folder or s3://bucket/prefix (env MODELYARD_LAKE; default <workspace>/lake).")]
 ParamOpt = Annotated[Optional[list[str]], typer.Option("--param", "-p", help="Pipeline parameter name=value (repeatable).")]
 TagOpt = Annotated[Optional[list[str]], typer.Option("--tag", "-t", help="MLflow run tag key=value (repeatable).")]
-
-
-def _user_errors() -> tuple[type[Exception], ...]:
-    """Errors shown as one line (no traceback): ours, bad values, and what MLflow refuses (a bad alias, URI ...)."""
-    from mlflow.exceptions import MlflowException
-
-    return ModelyardError, ValueError, MlflowException
 
 
 def _fail(e: Exception) -> None:
@@ -118,7 +111,7 @@ def run_recommender(
                       dataset=dataset, source=source, sha256=sha256, warm_start=warm_start,
                       tags=json.dumps(check_tags(parse_pairs(tag, "--tag"), RECOMMENDER_TAGS)))
         record = LocalRunner(settings.workspace, console=err).run(pipeline, params)
-    except _user_errors() as e:
+    except user_errors() as e:
         _fail(e)
     _print_run(record)
 
@@ -137,18 +130,16 @@ def run_detection(
     from modelyard.pipeline.local import LocalRunner
 
     try:
-        from modelyard.detection.pipeline import build, choose_weights
+        from modelyard.detection.pipeline import build, choose_start
 
         settings = Settings.resolve(workspace=workspace)
         _check_tracking(settings)
         pipeline = build()
-        params = coerce_params(parse_pairs(param), pipeline.params, DETECTION_OPTIONS)
-        if "weights" not in params and "model" not in params:
-            params.update(choose_weights(offline=offline, console=err, volume=settings.volume))
+        params = choose_start(coerce_params(parse_pairs(param), pipeline.params, DETECTION_OPTIONS), offline)
         params.update(volume=settings.volume, tracking_uri=settings.tracking_uri, source=source, classes=classes,
                       sha256=sha256, tags=json.dumps(check_tags(parse_pairs(tag, "--tag"), DETECTION_TAGS)))
         record = LocalRunner(settings.workspace, console=err).run(pipeline, params)
-    except _user_errors() as e:
+    except user_errors() as e:
         _fail(e)
     _print_run(record)
 
@@ -185,7 +176,7 @@ def promote(
     try:
         _registry_settings(workspace)
         decision = registry.promote_version(model_name, alias, version)
-    except _user_errors() as e:
+    except user_errors() as e:
         _fail(e)
     console.print(decision.summary())
 
@@ -202,7 +193,7 @@ def rollback(
     try:
         _registry_settings(workspace)
         decision = registry.rollback(model_name, alias)
-    except _user_errors() as e:
+    except user_errors() as e:
         _fail(e)
     console.print(decision.summary())
 
@@ -222,7 +213,7 @@ def models(
         client = MlflowClient()
         if registry.alias_version(model_name, "staging") is None and not client.search_model_versions(f"name='{model_name}'"):
             raise ModelyardError(registry.describe_aliases(model_name))
-    except _user_errors() as e:
+    except user_errors() as e:
         _fail(e)
     aliases = client.get_registered_model(model_name).aliases
     table = Table(title=model_name)
@@ -252,7 +243,7 @@ def recommend(
         settings = _existing_settings(workspace)
         recommender = Recommender.from_registry(alias=alias, model_name=model_name, tracking_uri=settings.tracking_uri)
         top = recommender.recommend(user, top_k=top_k)
-    except _user_errors() as e:
+    except user_errors() as e:
         _fail(e)
     table = Table(title=f"top {len(top)} for user {user} from {model_name}@{alias} (v{recommender.version})"
                         + (f": only {len(top)} movies left unrated" if len(top) < top_k else ""))
@@ -279,7 +270,7 @@ def detect(
         settings = _existing_settings(workspace)
         boxes = run_detect(str(image), alias=alias, model_name=model_name, tracking_uri=settings.tracking_uri,
                            volume=settings.volume, save=str(save) if save else None, conf=conf)
-    except _user_errors() as e:
+    except user_errors() as e:
         _fail(e)
     table = Table(title=f"{len(boxes)} boxes in {image} from {model_name}@{alias}")
     for col in ("class", "confidence", "x1", "y1", "x2", "y2"):
@@ -304,15 +295,18 @@ def compile_pipeline(
     delete_pvc: Annotated[bool, typer.Option("--delete-pvc/--keep-pvc", help="Delete the PVC after the last step.")] = False,
     s3_secret: Annotated[str, typer.Option("--s3-secret", help="Kubernetes Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY for an s3:// lake.")] = "",
     s3_endpoint: Annotated[str, typer.Option("--s3-endpoint", help="S3/MinIO endpoint set as MODELYARD_S3_ENDPOINT in every step.")] = "",
+    existing_pvc: Annotated[str, typer.Option("--existing-pvc", help="Mount this PVC in every run instead of creating one (the volume outlives runs).")] = "",
+    mlflow_secret: Annotated[str, typer.Option("--mlflow-secret", help="Kubernetes Secret with MLFLOW_TRACKING_USERNAME/PASSWORD or _TOKEN.")] = "",
 ) -> None:
     """Compile a pipeline to Kubeflow Pipelines v2 YAML (shared PVC via kfp-kubernetes)."""
     from modelyard.pipeline.kubeflow import ClusterOptions, compile_pipeline as compile_kfp
 
     try:
         options = ClusterOptions(image=image, pvc_size=pvc_size, storage_class=storage_class, access_mode=access_mode,
-                                 mount_path=mount_path, delete_pvc=delete_pvc, s3_secret=s3_secret, s3_endpoint=s3_endpoint)
+                                 mount_path=mount_path, delete_pvc=delete_pvc, s3_secret=s3_secret, s3_endpoint=s3_endpoint,
+                                 existing_pvc=existing_pvc, mlflow_secret=mlflow_secret)
         path = compile_kfp(target, output, options, preset=preset)
-    except _user_errors() as e:
+    except user_errors() as e:
         _fail(e)
     console.print(f"wrote {path}")
 
@@ -324,7 +318,7 @@ def runs(workspace: WorkspaceOpt = None, last: Annotated[int, typer.Option(min=1
 
     try:
         settings = Settings.resolve(workspace=workspace)
-    except _user_errors() as e:
+    except user_errors() as e:
         _fail(e)
     records = load_records(settings.workspace, on_unreadable=lambda path, reason: console.print(
         f"warning: skipped {path}: {reason}", style="yellow", markup=False))

@@ -7,6 +7,10 @@ class ModelyardError(Exception):
     """Base class of every user-facing error."""
 
 
+class ParamError(ModelyardError, ValueError):
+    """A parameter value of the wrong type or out of range; the message names the parameter."""
+
+
 class DataError(ModelyardError):
     """Input data is malformed; the message names the file, column, row or id."""
 
@@ -29,3 +33,11 @@ class TrackingError(ModelyardError):
 
 class RegistryError(ModelyardError):
     """A registered model, version or alias does not exist or cannot be changed."""
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """Errors shown as one line, no traceback (by the CLI and by KFP components): ours, bad values (ValueError),
+    and what MLflow refuses (an unknown run id, a bad alias or URI ...)."""
+    from mlflow.exceptions import MlflowException
+
+    return ModelyardError, ValueError, MlflowException

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
+import json
 import math
 from typing import Any
 
-from modelyard.errors import ModelyardError
+from modelyard.errors import ModelyardError, ParamError
 
 
 def parse_pairs(pairs: list[str] | None, what: str = "--param") -> dict[str, str]:
@@ -18,26 +20,43 @@ def parse_pairs(pairs: list[str] | None, what: str = "--param") -> dict[str, str
     return result
 
 
-def coerce(name: str, value: Any, default: Any) -> Any:
-    """Convert a string to the type of the parameter's default (bool, int, float, str)."""
-    if not isinstance(value, str) or isinstance(default, str) or default is None:
-        return value
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def as_type(value: Any, typ: type, what: str) -> Any:
+    """`value` as `typ` (str, int, float, bool), strings from the CLI or KFP included.
+
+    Raises ModelyardError naming `what` when it cannot be: "2.5" is no int, 3 is no bool, True no number.
+    """
+    if typ is str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, (dict, list)):
+            return json.dumps(value, default=str)
+        return value if isinstance(value, str) else str(value)
     try:
-        if isinstance(default, bool):
-            lowered = value.lower()
-            if lowered in ("true", "1", "yes", "on"):
-                return True
-            if lowered in ("false", "0", "no", "off"):
-                return False
-            raise ValueError(value)
-        if isinstance(default, int):
-            return int(value)
-        if isinstance(default, float):
+        if typ is bool:
+            if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+                return value.strip().lower() in _TRUE
+            if isinstance(value, (bool, int, float)) and value in (0, 1):
+                return bool(value)
+        elif typ is int and not isinstance(value, bool):
+            number = float(value)
+            if number.is_integer():
+                return int(number)
+        elif typ is float and not isinstance(value, bool):
             return float(value)
-    except ValueError:
-        kind = {"bool": "true or false", "int": "an integer", "float": "a number"}[type(default).__name__]
-        raise ModelyardError(f"parameter {name}={value!r}: expected {kind}") from None
-    return value
+        elif typ not in (bool, int, float):
+            return value
+    except (TypeError, ValueError, OverflowError):
+        pass
+    kind = {bool: "true or false", int: "an integer", float: "a number"}[typ]
+    raise ParamError(f"{what}: {value!r} is not {kind}")
+
+
+def coerce(name: str, value: Any, default: Any) -> Any:
+    """`value` typed like the parameter's default (no default, None: unchanged)."""
+    return value if default is None else as_type(value, type(default), f"parameter {name!r}")
 
 
 def coerce_params(values: dict[str, Any], defaults: dict[str, Any], options: dict[str, str] | None = None) -> dict[str, Any]:
@@ -50,7 +69,9 @@ def coerce_params(values: dict[str, Any], defaults: dict[str, Any], options: dic
     settable = set(defaults) - set(options)
     unknown = sorted(set(values) - settable)
     if unknown:
-        raise ModelyardError(f"unknown parameter(s): {', '.join(unknown)}; known: {', '.join(sorted(settable))}")
+        hints = [f"{name} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(name, settable, n=1, cutoff=0.6))
+                 else name for name in unknown]
+        raise ModelyardError(f"unknown parameter(s): {', '.join(hints)}; known: {', '.join(sorted(settable))}")
     return {k: coerce(k, v, defaults[k]) for k, v in values.items()}
 
 

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import asdict, dataclass, field
 
 from modelyard.errors import QualityError
 
 
+SHOWN = 5  # examples in the printed report; the JSON report keeps up to STORED
+STORED = 1000
+
+
 @dataclass
 class CheckResult:
-    """One check: how many rows (or files) failed it and a few examples of them."""
+    """One check: how many rows (or files) failed it and examples of them (up to STORED)."""
 
     name: str
     passed: bool
@@ -26,7 +31,7 @@ class QualityReport:
     checks: list[CheckResult] = field(default_factory=list)
 
     def add(self, name, n_failed, examples=(), detail="", severity="error") -> CheckResult:
-        result = CheckResult(name, n_failed == 0, int(n_failed), [str(e) for e in list(examples)[:5]], detail, severity)
+        result = CheckResult(name, n_failed == 0, int(n_failed), [str(e) for e in itertools.islice(examples, STORED)], detail, severity)
         self.checks.append(result)
         return result
 
@@ -54,7 +59,9 @@ class QualityReport:
                 if c.detail:
                     line += f" ({c.detail})"
                 if c.examples:
-                    line += "; e.g. " + "; ".join(c.examples)
+                    line += "; e.g. " + "; ".join(c.examples[:SHOWN])
+                    if len(c.examples) > SHOWN:
+                        line += f"; {len(c.examples) - SHOWN} more listed in the JSON report"
             elif c.detail:
                 line += f" ({c.detail})"
             lines.append(line)

@@ -9,6 +9,7 @@ the alias history kept on the registered model (tag `modelyard.history.<alias>`)
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -32,6 +33,10 @@ class Gate:
     threshold: float
 
     def check(self, new: float, current: float) -> tuple[bool, str]:
+        if not math.isfinite(new):
+            return False, f"{self.metric}: challenger's value {new} is not a number: FAIL"
+        if not math.isfinite(current):
+            return True, f"{self.metric}: {new:.4f} vs {current} (the current model's value is not a number): pass"
         delta = new - current
         if self.direction == "lower":
             ok, rule = delta <= self.threshold, f"<= {self.threshold:g}"
@@ -190,8 +195,11 @@ def promote_if_better(model_name: str, run_id: str, model_uri: str, gates: list[
     if current is None:
         passed, reasons = True, [f"no model held @{alias} yet: the first candidate is promoted"]
         missing = [g.metric for g in gates if g.metric not in new_metrics]
+        not_finite = [g.metric for g in gates if g.metric in new_metrics and not math.isfinite(new_metrics[g.metric])]
         if missing:
             passed, reasons = False, [f"challenger run {run_id} has no {', '.join(missing)} (was it validated?)"]
+        elif not_finite:
+            passed, reasons = False, [f"challenger run {run_id} has non-finite {', '.join(not_finite)}: FAIL"]
     else:
         holder = client.get_run(current.run_id).data
         passed, reasons = decide(new_metrics, dict(holder.metrics), gates)

@@ -25,6 +25,7 @@ from modelyard.settings import artifacts_dir, tensorboard_dir  # noqa: E402
 # Known, understood MLflow notices that would otherwise drown the pipeline's own output.
 warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
 warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
+log = logging.getLogger(__name__)
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 logging.getLogger("alembic").setLevel(logging.WARNING)
 # modelyard logs PyTorch models in the pickle format on purpose (the pyfunc flavor needs it); the warning
@@ -183,6 +184,24 @@ class TrainingRun:
 
     def log_text(self, text: str, artifact_file: str) -> None:
         mlflow.log_text(text, artifact_file)
+
+    def log_graph(self, model, example_input) -> bool:
+        """The model's graph in TensorBoard (traced with `example_input`, in eval mode); False when it cannot be traced."""
+        import torch
+
+        training = model.training
+        try:
+            model.eval()
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")  # the tracer's warnings about data-dependent control flow
+                model(example_input)  # a dry run first: models that cache shapes on their first call trace the same twice
+                self.writer.add_graph(torch.jit.trace(model, example_input, strict=False), [])
+            return True
+        except Exception as e:  # noqa: BLE001 - a graph is a nice-to-have, never a reason to fail training
+            log.warning("TensorBoard: the model graph could not be traced (%s: %s)", type(e).__name__, e)
+            return False
+        finally:
+            model.train(training)
 
 
 def log_metrics(run_id: str, metrics: dict[str, float], step: int = 0) -> None:

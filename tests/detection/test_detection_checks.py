@@ -52,6 +52,18 @@ def test_coordinate_outside_unit_interval(split_dataset, volume):
     assert {c.name for c in info.value.report.failures} == {"coordinates within [0, 1]"}
 
 
+def test_every_failure_is_in_quality_json_and_five_are_printed(split_dataset, volume):
+    labels = sorted(p for p in (split_dataset / "labels" / "train").iterdir() if p.read_text().strip())[:8]
+    for label in labels:
+        label.write_text("0 0.5 0.5 0.2 9.0\n")
+    with pytest.raises(QualityError) as info:
+        steps.check(volume=str(volume))
+    text = " ".join(str(info.value).split())
+    assert "coordinates within [0, 1]: 8 failing" in text and "3 more listed in the JSON report" in text
+    check = next(c for c in json.loads((split_dataset / "quality.json").read_text())["checks"] if c["name"] == "coordinates within [0, 1]")
+    assert check["n_failed"] == 8 and sorted(check["examples"]) == sorted(f"labels/train/{p.name}:1: height 9.0 outside [0, 1]" for p in labels)
+
+
 def test_image_without_label(split_dataset, volume):
     label = _a_label(split_dataset, "test")
     label.unlink()

@@ -111,6 +111,45 @@ def test_truncated_archive(factory, tmp_path, volume, kind):
     _nothing_left(volume)
 
 
+def test_plain_tar_cut_at_a_member_boundary(factory, tmp_path, volume):
+    import gzip
+    import tarfile
+
+    archive, classes = factory.make_archive(tmp_path)
+    plain = tmp_path / "shapes.tar"
+    plain.write_bytes(gzip.decompress(archive.read_bytes()))
+    with tarfile.open(plain) as tf:
+        cut = tf.getmembers()[10]
+    plain.write_bytes(plain.read_bytes()[:cut.offset])  # a well-formed but shorter archive, no end marker
+    with pytest.raises(DownloadError, match=r"shapes.tar is truncated: it ends after member .* without tar's end-of-archive marker"):
+        steps.download(volume=str(volume), source=str(plain), classes=str(classes))
+    _nothing_left(volume)
+
+
+def test_the_digest_ignores_ultralytics_label_caches(factory, tmp_path, volume):
+    archive, classes = factory.make_archive(tmp_path)
+    out = steps.download(volume=str(volume), source=str(archive), classes=str(classes))
+    steps.split(volume=str(volume))
+    before = ddata.content_digest(out["dataset_dir"])
+    (Path(out["dataset_dir"]) / "labels" / "train.cache").write_bytes(b"written by ultralytics")
+    assert ddata.content_digest(out["dataset_dir"]) == before
+    (next((Path(out["dataset_dir"]) / "labels" / "train").glob("*.txt"))).write_text("1 0.5 0.5 0.1 0.1\n")
+    assert ddata.content_digest(out["dataset_dir"]) != before
+
+
+def test_another_source_of_the_same_name_is_reused_and_said(factory, tmp_path, volume, capsys):
+    archive, classes = factory.make_archive(tmp_path / "a")
+    steps.download(volume=str(volume), source=str(archive), classes=str(classes))
+    capsys.readouterr()
+    assert steps.download(volume=str(volume), source=f"file://{archive}")["reused"]  # the same file, spelled otherwise
+    assert "reusing it" not in capsys.readouterr().err
+    other, _ = factory.make_archive(tmp_path / "b", n=30)
+    again = steps.download(volume=str(volume), source=str(other))
+    said = " ".join(capsys.readouterr().err.split())
+    assert again["reused"] and again["n_images"] == 24
+    assert f"dataset shapes is already in the volume, from {archive}: reusing it, not {other}" in said
+
+
 def test_archive_without_yolo_folders(factory, tmp_path, volume):
     src = tmp_path / "src"
     (src / "pictures").mkdir(parents=True)

@@ -226,5 +226,5 @@ def test_python_api_runs_the_same_pipeline(served, tmp_path):
     record = run(workspace=str(tmp_path / "ws"), source=served[0], epochs=1, batch_size=256)
     assert record.status == "succeeded" and record.step("promote").outputs["promoted"] is True
     assert Path(record.path).parent == tmp_path / "ws" / "runs"
-    top = load_recommender("staging", tracking_uri=f"sqlite:///{tmp_path / 'ws' / 'mlflow.db'}").recommend(6, top_k=3)
+    top = load_recommender("staging", workspace=tmp_path / "ws").recommend(6, top_k=3)
     assert list(top.columns) == ["rank", "item_id", "title", "genres", "score"] and len(top) == 3

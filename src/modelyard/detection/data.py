@@ -126,6 +126,11 @@ def _archive_kind(path: Path) -> str:
 
 def _check_members_tar(tf: tarfile.TarFile, archive: str) -> list[tarfile.TarInfo]:
     members = tf.getmembers()  # reads the whole archive: a truncated one fails here, before anything is written
+    # a plain .tar cut at a member boundary reads as a shorter archive: only the end-of-archive marker tells
+    tf.fileobj.seek(tf.offset)
+    if tf.fileobj.read(1024) != bytes(1024):
+        last = f" after member {members[-1].name!r}" if members else ""
+        raise DownloadError(f"{archive} is truncated: it ends{last} without tar's end-of-archive marker; nothing was extracted")
     for m in members:
         reason = _unsafe_reason(m.name)
         if reason is None and (m.issym() or m.islnk()):
@@ -292,7 +297,7 @@ def content_digest(dataset_dir: str | Path) -> str:
     digest.update((dataset_dir / CLASSES_FILE).read_bytes())
     for sub in ("images", "labels"):
         for p in sorted((dataset_dir / sub).rglob("*"), key=lambda p: p.name):
-            if p.is_file():
+            if p.is_file() and p.suffix != ".cache":  # ultralytics writes labels/<split>.cache when it trains
                 h = hashlib.sha256(p.read_bytes()).hexdigest()
                 digest.update(f"{sub}/{p.name}:{h}\n".encode())
     return digest.hexdigest()

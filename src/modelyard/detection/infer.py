@@ -84,21 +84,3 @@ def detect(
             Path(save).parent.mkdir(parents=True, exist_ok=True)
             result.save(filename=str(save))
     return sorted(boxes, key=lambda b: -b["confidence"])
-
-
-def render_detections(boxes: list[dict], image: str = "", save: str | None = None) -> str:
-    """Plain text for the CLI: one line per box."""
-    lines = [f"{len(boxes)} object(s) in {image}" if image else f"{len(boxes)} object(s)"]
-    for b in boxes:
-        x1, y1, x2, y2 = b["xyxy"]
-        lines.append(f"  {b['class']:<16} {b['confidence']:.3f}  [{x1:.1f}, {y1:.1f}, {x2:.1f}, {y2:.1f}]")
-    if save:
-        lines.append(f"annotated image written to {save}")
-    return "\n".join(lines)
-
-
-def detect_command(image: str, alias: str = "prod", model_name: str = DEFAULT_MODEL_NAME, save: str | None = None,
-                   workspace: str | None = None, tracking_uri: str | None = None, conf: float = 0.25, device: str = "cpu") -> str:
-    """What `modelyard detect --image p.jpg [--alias prod] [--save out.jpg]` prints."""
-    boxes = detect(image, alias=alias, model_name=model_name, tracking_uri=tracking_uri, save=save, volume=workspace, conf=conf, device=device)
-    return render_detections(boxes, image, save)

@@ -26,6 +26,7 @@ def check_params(params: dict[str, Any]) -> None:
         if int(params[name]) < 1:
             raise ValueError(f"parameter {name!r} must be >= 1, got {params[name]}")
     check_split_sizes(float(params["val_size"]), float(params["test_size"]))
+    yolo_env.require_ultralytics()
 
 
 def build() -> Pipeline:
@@ -48,17 +49,15 @@ def build() -> Pipeline:
     )
 
 
-def choose_weights(offline: bool = False, console=None, volume: str | None = None) -> dict[str, Any]:
-    """The `weights` parameter for this machine: yolov8n.pt (fine-tune) when it is in the volume or github.com
-    answers, else "" (yolov8n.yaml from scratch); prints why on `console`."""
-    if volume is None:
-        from modelyard.settings import Settings
-
-        volume = Settings.resolve().volume
-    weights, why = yolo_env.choose_weights(volume, "auto", offline)
-    if console is not None:
-        console.print(f"detection: {why}")
-    return {"weights": weights}
+def choose_start(params: dict[str, Any], offline: bool = False) -> dict[str, Any]:
+    """`params` as a user means them: `model=...` without `weights` builds that model from scratch (no
+    download); `offline` (the --offline flag) joins `params["offline"]`. Without either, `weights="auto"`
+    lets the train step fine-tune yolov8n.pt when it can and say why when it cannot."""
+    params = dict(params)
+    if "model" in params and "weights" not in params:
+        params["weights"] = ""
+    params["offline"] = bool(offline or params.get("offline", False))
+    return params
 
 
 def run(workspace: str | None = None, **params: Any):
@@ -67,5 +66,5 @@ def run(workspace: str | None = None, **params: Any):
     from modelyard.settings import Settings
 
     settings = Settings.resolve(workspace=workspace)
-    values = {"volume": settings.volume, "tracking_uri": settings.tracking_uri, **params}
+    values = {"volume": settings.volume, "tracking_uri": settings.tracking_uri, **choose_start(params)}
     return LocalRunner(settings.workspace).run(build(), values)

@@ -72,6 +72,15 @@ def _build(volume: str, name: str, source: str, classes: str, sha256: str) -> di
     return built
 
 
+def _where(source: str) -> str:
+    """A source in one spelling: local paths and file:// URLs as absolute paths, other URLs as given."""
+    if source.startswith("file://"):
+        source = source[len("file://"):]
+    elif "://" in source:
+        return source
+    return str(Path(source).expanduser().resolve())
+
+
 def download(volume: str, source: str, classes: str = "", sha256: str = "", dataset: str = "") -> dict:
     """Fetch the archive once into `<volume>/raw/detection/<dataset>/` and extract it, safely, to
     `<volume>/datasets/detection/<dataset>/`. `source`: path, file:// or http(s):// URL of a .tar.gz /
@@ -88,6 +97,9 @@ def download(volume: str, source: str, classes: str = "", sha256: str = "", data
         if sha256 and info.get("archive_sha256") != sha256.lower():
             raise DownloadError(f"dataset {name} in the volume came from an archive with SHA-256 {info.get('archive_sha256')}, "
                                 f"not {sha256.lower()}; delete {target} (and {ddata.raw_root(volume) / name}) to replace it")
+        if source and info.get("source") and _where(source) != _where(info["source"]):
+            console.print(f"[yellow]dataset {name} is already in the volume, from {info['source']}: reusing it, not {source} "
+                          f"(pass --param dataset=<another name>, or delete {target} and {ddata.raw_root(volume) / name})[/]")
         if classes:
             names = _fetch_classes(ddata.raw_root(volume) / name, classes)[1]
             info, previous = ddata.set_class_names(target, names, classes)
@@ -169,11 +181,16 @@ def train(
     chosen, why = yolo_env.choose_weights(volume, weights, offline)
     if not weights:
         why = f"training {model} from scratch (no weights given)"
+    elif weights == "auto" and chosen:
+        try:  # the network answered a moment ago; if the download fails all the same, train from scratch
+            yolo_env.resolve_weights(volume, chosen, offline)
+        except ModelyardError as e:
+            chosen, why = "", f"{chosen} could not be downloaded ({e}): training {model} from scratch"
     console.print(f"train: {why}")
     result = train_detector(
         volume, _tracking_uri(tracking_uri, volume), ddata.resolve_dataset_dir(volume, dataset), model=model, weights=chosen,
         epochs=epochs, batch_size=batch_size, imgsz=imgsz, device=str(device), random_state=random_state,
-        workers=workers, tags={**{str(k): str(v) for k, v in user_tags.items()}, "start": why},
+        workers=workers, tags={**{str(k): str(v) for k, v in user_tags.items()}, "start": why}, offline=offline,
     )
     return result
 

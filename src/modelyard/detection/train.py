@@ -99,6 +99,22 @@ def _log_dataset_input(info: dict, dataset_dir: Path) -> None:
         log.warning("could not log the dataset as an MLflow input (%s); it is recorded in the run tags", e)
 
 
+def _traceable(model, imgsz: int):
+    """A copy of the YOLO model in export mode (one tensor out, as ultralytics' own TensorBoard callback
+    traces it) and a zero image for it: the model being trained is left untouched."""
+    import copy
+
+    import torch
+
+    net = copy.deepcopy(model.module if hasattr(model, "module") else model).eval()  # DDP-wrapped or not
+    net = net.fuse(verbose=False) if hasattr(net, "fuse") else net
+    for m in net.modules():
+        if hasattr(m, "export"):  # Detect heads
+            m.export, m.format = True, "torchscript"
+    p = next(net.parameters())
+    return net, torch.zeros((1, 3, imgsz, imgsz), device=p.device, dtype=p.dtype)
+
+
 def train_detector(
     volume: str,
     tracking_uri: str,
@@ -113,6 +129,7 @@ def train_detector(
     workers: int = 0,
     tags: dict | None = None,
     note: str = "",
+    offline: bool = False,
 ) -> dict:
     """Train on the split dataset in `dataset_dir`; returns run_id, model_uri and the best epoch's scores."""
     ultralytics = yolo_env.setup(volume)  # before anything of ultralytics is used
@@ -127,7 +144,7 @@ def train_detector(
     data_yaml = write_data_yaml(dataset_dir)  # refresh the absolute path (the volume may be mounted elsewhere)
     names = parse_class_names(dataset_dir / CLASSES_FILE)
     counts = json.loads((dataset_dir / SPLIT_PLAN).read_text())["counts"]
-    start = str(yolo_env.resolve_weights(volume, weights)) if weights else model
+    start = str(yolo_env.resolve_weights(volume, weights, offline)) if weights else model
     project = yolo_env.ultralytics_root(volume) / "runs" / "train"
 
     run_tags = {"task": "object-detection", "framework": f"ultralytics {ultralytics.__version__}", **(tags or {})}
@@ -146,6 +163,9 @@ def train_detector(
         yolo = ultralytics.YOLO(start, task="detect")
         state = {"pending": False, "logged": set()}
 
+        def on_train_start(trainer):
+            run.log_graph(*_traceable(trainer.model, imgsz))
+
         def on_train_epoch_end(trainer):
             state["pending"] = True
 
@@ -159,6 +179,7 @@ def train_detector(
             run.log_epoch(trainer.epoch + 1, epoch_metrics(values))
             state["logged"].add(trainer.epoch + 1)
 
+        yolo.add_callback("on_train_start", on_train_start)
         yolo.add_callback("on_train_epoch_end", on_train_epoch_end)
         yolo.add_callback("on_fit_epoch_end", on_fit_epoch_end)
         try:
@@ -166,6 +187,8 @@ def train_detector(
                 data=str(data_yaml), epochs=epochs, imgsz=imgsz, batch=batch_size, device=device,
                 workers=workers, seed=random_state, deterministic=True, project=str(project),
                 name=run.run_id, exist_ok=True, plots=False, verbose=False,
+                # ultralytics' AMP check (GPU only) downloads yolo26n.pt: not when offline
+                **({"amp": False} if yolo_env.offline_requested(offline) else {}),
             )
         except ModelyardError:
             raise

@@ -32,11 +32,10 @@ ASSETS_URL = "https://github.com/ultralytics/assets/releases/download"
 INSTALL_HINT = "pip install 'modelyard[detection]'"
 OFFLINE_ENV = "MODELYARD_OFFLINE"
 
-# ultralytics' own logger integrations: off but TensorBoard. modelyard.tracking logs the MLflow run and
-# the per-epoch scalars; ultralytics' TensorBoard callback adds the model graph (and its own copy of the
-# losses) in its run folder inside the volume, so `tensorboard --logdir <volume>` shows both.
+# ultralytics' own logger integrations: all off. modelyard.tracking logs the MLflow run and writes the
+# TensorBoard events (per-epoch losses, mAP curves, the model graph) once, under <volume>/tensorboard.
 YOLO_SETTINGS = {
-    "sync": False, "mlflow": False, "tensorboard": True, "clearml": False, "comet": False,
+    "sync": False, "mlflow": False, "tensorboard": False, "clearml": False, "comet": False,
     "dvc": False, "raytune": False, "wandb": False, "hub": False, "vscode_msg": False, "openvino_msg": False,
 }
 
@@ -94,7 +93,27 @@ def setup(volume: str | Path):
     changes = {k: v for k, v in wanted.items() if k in settings and settings.get(k) != v}
     if changes:
         settings.update(changes)
+    # ultralytics reads these module constants once, at import; its AMP check (GPU only) downloads into WEIGHTS_DIR
+    yolo_utils.RUNS_DIR, yolo_utils.WEIGHTS_DIR = root / "runs", root / "weights"
+    yolo_utils.DATASETS_DIR = Path(volume).resolve() / "datasets" / "detection"
+    # with a key, ultralytics' Platform callback uploads the training run: modelyard keeps runs in MLflow only
+    if os.environ.pop("ULTRALYTICS_API_KEY", None) is not None:
+        log.warning("ULTRALYTICS_API_KEY ignored: modelyard sends nothing to Ultralytics Platform")
+    if settings.get("api_key"):
+        settings.update(api_key="")
     return ultralytics
+
+
+def require_ultralytics() -> None:
+    """ModelyardError naming the extra to install when ultralytics is missing (checked before any step runs)."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec("ultralytics") is not None
+    except ValueError:  # sys.modules["ultralytics"] is None: imports of it fail
+        found = False
+    if not found:
+        raise ModelyardError(f"object detection needs ultralytics, which is not installed: {INSTALL_HINT}")
 
 
 def ultralytics_module():
@@ -136,8 +155,9 @@ def choose_weights(volume: str | Path, weights: str = "auto", offline: bool = Fa
     return DEFAULT_WEIGHTS, f"fine-tuning {DEFAULT_WEIGHTS} (downloaded once into the volume)"
 
 
-def resolve_weights(volume: str | Path, weights: str) -> Path:
-    """A local weights file: an existing path, or an ultralytics asset name fetched once into the volume."""
+def resolve_weights(volume: str | Path, weights: str, offline: bool = False) -> Path:
+    """A local weights file: an existing path, or an ultralytics asset name fetched once into the volume
+    (never with `offline` / MODELYARD_OFFLINE=1: then it must be there already)."""
     from modelyard.download import fetch
 
     path = Path(weights).expanduser()
@@ -148,6 +168,9 @@ def resolve_weights(volume: str | Path, weights: str) -> Path:
     cached = weights_dir(volume) / weights
     if cached.is_file():
         return cached
+    if offline_requested(offline):
+        raise ModelyardError(f"offline: weights {weights} are not in the volume ({cached}) and are not downloaded; "
+                             "put the file there, pass a local path, or drop --offline")
     try:
         from ultralytics.utils.downloads import attempt_download_asset
 

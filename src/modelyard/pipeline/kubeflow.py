@@ -29,13 +29,16 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Sequence
 
-from modelyard.errors import ModelyardError
+from modelyard.errors import ModelyardError, user_errors
+from modelyard.params import as_type
 from modelyard.pipeline.graph import Pipeline, Step
 
 PRIMITIVES: dict[str, type] = {"str": str, "int": int, "float": float, "bool": bool}
 ACCESS_MODES = ("ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod", "ReadOnlyMany")
 CLUSTER_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
 S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+S3_OPTIONAL_KEYS = ("AWS_SESSION_TOKEN",)  # temporary credentials only
+MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")  # those it holds
 
 
 @dataclass(frozen=True)
@@ -48,9 +51,13 @@ class ClusterOptions:
     access_mode    ReadWriteOnce (steps run one after another) or ReadWriteMany
     mount_path     where every step mounts the PVC; also every step's `volume` argument
     delete_pvc     delete the PVC after the last step (keep it to inspect or reuse a run's volume)
-    s3_secret      Kubernetes Secret holding AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, set as env in every
-                   step (for an s3:// lake); "" = none
+    existing_pvc   mount this PVC (made once, e.g. with kubectl) instead of creating one per run: downloads,
+                   the lake and a SQLite MLflow store outlive the run and the next run reuses them
+    s3_secret      Kubernetes Secret holding AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and, if it has one,
+                   AWS_SESSION_TOKEN), set as env in every step (for an s3:// lake); "" = none
     s3_endpoint    MODELYARD_S3_ENDPOINT in every step (MinIO: http://minio-service.kubeflow:9000); "" = none
+    mlflow_secret  Kubernetes Secret with MLFLOW_TRACKING_USERNAME / _PASSWORD or MLFLOW_TRACKING_TOKEN for
+                   a tracking server that asks for them (never a run parameter: the KFP UI shows those); "" = none
     """
 
     image: str = "modelyard:latest"
@@ -61,6 +68,8 @@ class ClusterOptions:
     delete_pvc: bool = False
     s3_secret: str = ""
     s3_endpoint: str = ""
+    existing_pvc: str = ""
+    mlflow_secret: str = ""
 
     def validate(self) -> None:
         if not self.image.strip():
@@ -71,8 +80,13 @@ class ClusterOptions:
             raise ValueError("--mount-path / would mount the volume over the container's root; use a folder such as /mnt/pipeline")
         if self.access_mode not in ACCESS_MODES:
             raise ValueError(f"--access-mode {self.access_mode!r} is not one of {', '.join(ACCESS_MODES)}")
-        if not re.fullmatch(r"\d+(\.\d+)?([EPTGMk]i?)?", self.pvc_size.strip()):
+        if not re.fullmatch(r"\d+(\.\d+)?([EPTGMk]i?)?", self.pvc_size.strip()) or not float(re.sub(r"[^\d.]", "", self.pvc_size)):
             raise ValueError(f"--pvc-size {self.pvc_size!r} is not a Kubernetes quantity such as 10Gi")
+        for option, name in (("--existing-pvc", self.existing_pvc), ("--s3-secret", self.s3_secret), ("--mlflow-secret", self.mlflow_secret)):
+            if name and not re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", name):
+                raise ValueError(f"{option} {name!r} is not a Kubernetes object name (lower case letters, digits, '-', '.')")
+        if self.existing_pvc and self.delete_pvc:
+            raise ValueError(f"--delete-pvc with --existing-pvc {self.existing_pvc} would delete a volume this pipeline did not create")
 
     @property
     def volume(self) -> str:
@@ -125,35 +139,6 @@ def load_pipeline(target: str, preset: str = "textbook") -> Pipeline:
 # Run time: the body of every component
 # ---------------------------------------------------------------------------------------------------------------
 
-def _coerce(value: Any, typ: type, what: str) -> Any:
-    """`value` as `typ` (str, int, float, bool); raises ModelyardError naming `what` when it cannot be."""
-    if typ is str:
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        if isinstance(value, (dict, list)):
-            return json.dumps(value, default=str)
-        return value if isinstance(value, str) else str(value)
-    try:
-        if typ is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "false", "0", "no"):
-                return value.strip().lower() in ("true", "1", "yes")
-            if isinstance(value, (int, float)) and value in (0, 1):
-                return bool(value)
-        elif typ is int:
-            if isinstance(value, bool):
-                return int(value)
-            number = float(value)
-            if number.is_integer():
-                return int(number)
-        elif typ is float:
-            return float(value)
-    except (TypeError, ValueError):
-        pass
-    raise ModelyardError(f"{what}: {value!r} is not a {typ.__name__}")
-
-
 def _fill_settings(kwargs: dict[str, Any]) -> dict[str, Any]:
     """Empty `volume` / `lake` / `tracking_uri` get what the CLI would use (MODELYARD_WORKSPACE, MLFLOW_TRACKING_URI ...)."""
     if not any(k in kwargs and not kwargs[k] for k in ("volume", "lake", "tracking_uri")):
@@ -168,6 +153,11 @@ def _fill_settings(kwargs: dict[str, Any]) -> dict[str, Any]:
     return filled
 
 
+# Parameters fixed by `modelyard compile` rather than chosen per run: `preset` decides the hyperparameter
+# defaults written into the YAML, so changing it in a run would label a run it does not describe.
+COMPILE_TIME = frozenset({"preset"})
+
+
 def call_step(target: str, step: str, kwargs: dict[str, Any], outputs: Sequence[tuple[str, str]] = (),
               metrics: Any = None, preset: str = "textbook"):
     """Run one step of `modelyard.<target>.pipeline` as a KFP component does.
@@ -175,14 +165,16 @@ def call_step(target: str, step: str, kwargs: dict[str, Any], outputs: Sequence[
     Calls the step function with `kwargs` (coerced to its annotated types), logs its numeric outputs to
     `metrics` (a KFP `Output[Metrics]`) when given, prints its outputs, and returns the `outputs`
     (name, type name) as a tuple in that order (None when there are none). A ModelyardError ends the
-    process with its message and exit status 1, no traceback.
+    process with its message and exit status 1, no traceback (so do a ValueError and MLflow's refusals, as in the CLI).
     """
     try:
         pipeline = load_pipeline(target, preset)
         fn = pipeline.step(step).fn
         hints = _type_hints(fn)
-        args = {k: _coerce(v, hints[k], f"{step}.{k}") if hints.get(k) in PRIMITIVES.values() else v
+        args = {k: as_type(v, hints[k], f"{step}.{k}") if hints.get(k) in PRIMITIVES.values() else v
                 for k, v in _fill_settings(kwargs).items()}
+        if "preset" in inspect.signature(fn).parameters and "preset" in pipeline.params:
+            args["preset"] = preset  # fixed when the pipeline was compiled, as its hyperparameter defaults
         print(f"modelyard: {target}.{step}", flush=True)
         result = fn(**args) or {}
         print("modelyard outputs: " + json.dumps(result, default=str, sort_keys=True), flush=True)
@@ -195,8 +187,8 @@ def call_step(target: str, step: str, kwargs: dict[str, Any], outputs: Sequence[
         missing = [name for name, _ in outputs if name not in result]
         if missing:
             raise ModelyardError(f"step {step} of {target} returned no {', '.join(missing)} (it returned {', '.join(result) or 'nothing'})")
-        return tuple(_coerce(result[name], PRIMITIVES[typ], f"output {step}.{name}") for name, typ in outputs)
-    except ModelyardError as e:
+        return tuple(as_type(result[name], PRIMITIVES[typ], f"output {step}.{name}") for name, typ in outputs)
+    except user_errors() as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
 
@@ -262,7 +254,7 @@ def plan(pipeline: Pipeline, target: str | None = None, options: ClusterOptions 
     # Pipeline parameters: the type the steps read them as, else the default's type.
     params: dict[str, tuple[type, Any]] = {}
     for name, default in pipeline.params.items():
-        if cluster and name == "volume":
+        if (cluster and name == "volume") or name in COMPILE_TIME:
             continue
         if cluster and name == "tracking_uri":
             default = options.tracking_uri()
@@ -397,15 +389,18 @@ def build_kfp_pipeline(pipeline: Pipeline, options: ClusterOptions | None = None
     def graph(values: dict[str, Any]) -> None:
         if cluster:
             from kfp import kubernetes
-
+        if cluster and options.existing_pvc:
+            pvc_name = options.existing_pvc
+        elif cluster:
             # storage_class_name=None (documented as "the cluster's default") does not compile in kfp 2.17;
-            # without it the SDK's own default ("") goes to the KFP driver. See docs/kubeflow.md.
+            # without it the SDK's own default ("") goes to the KFP driver. See the README (Run it on Kubeflow).
             storage = {"storage_class_name": options.storage_class} if options.storage_class else {}
             pvc = kubernetes.CreatePVC(
                 pvc_name_suffix=f"-{_identifier(pipeline.name).replace('_', '-')}-volume",
                 access_modes=[options.access_mode], size=options.pvc_size, **storage)
             pvc.set_display_name("create volume")
             pvc.set_caching_options(False)  # a cached CreatePVC fails; each run gets its own volume
+            pvc_name = pvc.outputs["name"]
         tasks: dict[str, Any] = {}
         for sp in p.steps:
             kwargs = {}
@@ -425,7 +420,7 @@ def build_kfp_pipeline(pipeline: Pipeline, options: ClusterOptions | None = None
             for before in sp.step.after:
                 task.after(tasks[before])
             if cluster:
-                kubernetes.mount_pvc(task, pvc_name=pvc.outputs["name"], mount_path=options.volume)
+                kubernetes.mount_pvc(task, pvc_name=pvc_name, mount_path=options.volume)
                 for key, value in {**CLUSTER_ENV, "MODELYARD_WORKSPACE": options.volume}.items():
                     task.set_env_variable(key, value)
                 if options.s3_endpoint:
@@ -433,9 +428,14 @@ def build_kfp_pipeline(pipeline: Pipeline, options: ClusterOptions | None = None
                 if options.s3_secret:
                     kubernetes.use_secret_as_env(task, secret_name=options.s3_secret,
                                                  secret_key_to_env={k: k for k in S3_SECRET_KEYS})
+                    kubernetes.use_secret_as_env(task, secret_name=options.s3_secret, optional=True,
+                                                 secret_key_to_env={k: k for k in S3_OPTIONAL_KEYS})
+                if options.mlflow_secret:
+                    kubernetes.use_secret_as_env(task, secret_name=options.mlflow_secret, optional=True,
+                                                 secret_key_to_env={k: k for k in MLFLOW_SECRET_KEYS})
             tasks[sp.step.name] = task
         if cluster and options.delete_pvc:
-            delete = kubernetes.DeletePVC(pvc_name=pvc.outputs["name"]).after(*tasks.values())
+            delete = kubernetes.DeletePVC(pvc_name=pvc_name).after(*tasks.values())
             delete.set_display_name("delete volume")
             delete.set_caching_options(False)
 

@@ -42,13 +42,17 @@ class Recommender:
 
     @classmethod
     def from_registry(cls, alias: str = "prod", model_name: str = "movielens-recommender",
-                      tracking_uri: str | None = None) -> "Recommender":
-        """Load the version that holds `alias` (a clear error naming the aliases that exist otherwise)."""
+                      tracking_uri: str | None = None, workspace: str | Path | None = None) -> "Recommender":
+        """Load the version that holds `alias` (a clear error naming the aliases that exist otherwise).
+
+        The registry is `tracking_uri`, else the one `run(workspace=...)` used (MLFLOW_TRACKING_URI or the
+        workspace's SQLite store).
+        """
         import mlflow
 
         from modelyard.settings import Settings
 
-        tracking.configure(tracking_uri or Settings.resolve().tracking_uri, existing=True)
+        tracking.configure(Settings.resolve(workspace=workspace, tracking_uri=tracking_uri).tracking_uri, existing=True)
         version = registry.require_alias(model_name, alias)
         model_dir = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_name}/{version.version}")
         try:
@@ -84,6 +88,7 @@ class Recommender:
         return top[["rank", "item_id", "title", "genres", "score"]]
 
 
-def load_recommender(alias: str = "prod", model_name: str = "movielens-recommender", tracking_uri: str | None = None) -> Recommender:
-    """For notebooks: `load_recommender("staging").recommend(50, top_k=10)`."""
-    return Recommender.from_registry(alias=alias, model_name=model_name, tracking_uri=tracking_uri)
+def load_recommender(alias: str = "prod", model_name: str = "movielens-recommender", tracking_uri: str | None = None,
+                     workspace: str | Path | None = None) -> Recommender:
+    """For notebooks: `load_recommender("staging", workspace=...).recommend(50, top_k=10)`."""
+    return Recommender.from_registry(alias=alias, model_name=model_name, tracking_uri=tracking_uri, workspace=workspace)

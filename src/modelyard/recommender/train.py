@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from modelyard.params import check_finite
+from modelyard.params import check_finite, coerce
 from modelyard.recommender import fused
 from modelyard.recommender.evaluate import predict_tensor
 from modelyard.recommender.model import MODELS, set_sparse_gradients, unwrap, uses_sparse_gradients
@@ -107,38 +107,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "device": ("cpu", "cuda", "auto"),
 }
 
-_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
-
-
-def _coerce(name: str, value: Any, default: Any) -> Any:
-    """``value`` converted to the type of ``default`` (strings from the CLI included)."""
-    try:
-        if isinstance(default, bool):
-            if isinstance(value, str):
-                if value.strip().lower() in _TRUE:
-                    return True
-                if value.strip().lower() in _FALSE:
-                    return False
-                raise ValueError
-            if value in (0, 1):  # bools, 0/1
-                return bool(value)
-            raise ValueError
-        if isinstance(default, int):
-            number = float(value) if isinstance(value, str) else value
-            if isinstance(number, bool) or number != int(number):
-                raise ValueError
-            return int(number)
-        if isinstance(default, float):
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        return str(value)
-    except (TypeError, ValueError, OverflowError):
-        raise ValueError(
-            f"parameter {name!r}: cannot read {value!r} as {type(default).__name__}"
-        ) from None
-
-
 def resolve_params(preset: str = "textbook", overrides: dict | None = None) -> dict:
     """The ``preset``'s hyperparameters with ``overrides`` applied and type-checked.
 
@@ -152,7 +120,7 @@ def resolve_params(preset: str = "textbook", overrides: dict | None = None) -> d
     for name, value in (overrides or {}).items():
         if name not in params:
             raise ValueError(f"unknown parameter {name!r}; known parameters: {', '.join(params)}")
-        params[name] = _coerce(name, value, params[name])
+        params[name] = coerce(name, value, params[name])
     for name, allowed in CHOICES.items():
         if params[name] not in allowed:
             raise ValueError(

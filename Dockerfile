@@ -1,4 +1,4 @@
-# The image every Kubeflow step runs in: modelyard, kfp, MLflow, PyTorch (CPU or CUDA build) and s3 support.
+# The image every Kubeflow step runs in: modelyard, kfp, MLflow, PyTorch (CPU or CUDA build), boto3 for S3 artifact stores.
 #
 #   docker build -t registry.example.com/modelyard:0.1.0 .
 #   docker build --build-arg PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu -t ...   # CPU-only torch, much smaller

@@ -146,6 +146,9 @@ def test_components_are_generated_from_the_step_signatures(compiled, target):
         component = spec["components"][task["componentRef"]["name"]]
         bound = {a for a in step.signature().parameters
                  if a in step.inputs or (a in pipeline.params and a not in kubeflow.COMPILE_TIME)}
+        first = name == pipeline.steps[0].name  # also gets every run parameter, to check them before any work
+        if first:
+            bound |= set(pipeline.params) - {"volume"} - kubeflow.COMPILE_TIME
         assert set(component["inputDefinitions"]["parameters"]) == bound, name
         outputs = component.get("outputDefinitions", {})
         assert set(step.outputs) <= set(outputs.get("parameters", {})), name
@@ -154,6 +157,7 @@ def test_components_are_generated_from_the_step_signatures(compiled, target):
         executor = spec["deploymentSpec"]["executors"][component["executorLabel"]]["container"]
         source = executor["command"][-1]
         assert f"call_step({target!r}, {name!r}, {{" in source
+        assert ("check=True" in source) is first, name
         for arg in bound:  # every argument is passed through by name, none hand-copied
             assert f"{arg!r}: {arg}" in source, (name, arg)
 
@@ -247,6 +251,19 @@ def test_call_step_runs_the_step_function_and_exits_cleanly_on_errors(tmp_path, 
     assert "error:" in err and "not found in the lake" in err and "Traceback" not in err
     with pytest.raises(ModelyardError, match="unknown pipeline"):
         kubeflow.load_pipeline("nope")
+
+
+def test_the_first_component_refuses_bad_run_parameters_before_any_work(tmp_path, capsys):
+    from modelyard.recommender.pipeline import build
+
+    values = {**build().params, "volume": str(tmp_path / "vol"), "lake": "", "tracking_uri": "", "top_k": 0}
+    values.pop("preset")
+    with pytest.raises(SystemExit) as exit_info:
+        kubeflow.call_step("recommender", "download", values, outputs=[("archive", "str")], check=True)
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "error: parameter 'top_k' must be >= 1, got 0" in err and "Traceback" not in err
+    assert not (tmp_path / "vol" / "raw").exists()  # nothing was downloaded
 
 
 def test_generated_components_have_source_for_kfp():

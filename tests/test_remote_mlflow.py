@@ -82,18 +82,20 @@ def test_reading_commands_never_create_a_store(env, tmp_path):
     assert not missing.parent.exists()
 
 
-def test_credentials_in_the_uri_reach_the_health_check_as_basic_auth(env):
+@pytest.fixture
+def health_server():
+    """A /health endpoint that wants Basic alice:p@ss word or Bearer t0ken; yields (port, requests seen)."""
     import base64
     import http.server
     import threading
 
     seen = []
+    wanted = {"Basic " + base64.b64encode(b"alice:p@ss word").decode(), "Bearer t0ken"}
 
     class Health(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 - the stdlib's name
             seen.append((self.path, self.headers.get("Authorization")))
-            ok = self.headers.get("Authorization") == "Basic " + base64.b64encode(b"alice:p@ss word").decode()
-            self.send_response(200 if ok else 401)
+            self.send_response(200 if self.headers.get("Authorization") in wanted else 401)
             self.end_headers()
 
         def log_message(self, *args):
@@ -101,12 +103,33 @@ def test_credentials_in_the_uri_reach_the_health_check_as_basic_auth(env):
 
     server = http.server.HTTPServer(("127.0.0.1", 0), Health)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        tracking._check_server(f"http://alice:p%40ss%20word@127.0.0.1:{server.server_address[1]}")
-    finally:
-        server.shutdown()
-        server.server_close()
+    yield server.server_address[1], seen
+    server.shutdown()
+    server.server_close()
+
+
+def test_credentials_in_the_uri_reach_the_health_check_as_basic_auth(env, health_server):
+    import base64
+
+    port, seen = health_server
+    tracking._check_server(f"http://alice:p%40ss%20word@127.0.0.1:{port}")
     assert seen == [("/health", "Basic " + base64.b64encode(b"alice:p@ss word").decode())]
+
+
+def test_mlflow_credentials_from_the_environment_reach_the_health_check(env, health_server):
+    port, seen = health_server
+    env.setenv("MLFLOW_TRACKING_TOKEN", "t0ken")
+    tracking._check_server(f"http://127.0.0.1:{port}")
+    assert seen == [("/health", "Bearer t0ken")]
+
+
+def test_refused_credentials_are_said_at_once_without_retrying(env, health_server):
+    port, seen = health_server
+    env.setenv("MODELYARD_TRACKING_RETRIES", "3")
+    with pytest.raises(TrackingError, match=rf"MLflow tracking server http://alice:\*\*\*@127.0.0.1:{port} refused the "
+                                            r"credentials \(GET /health: HTTP 401\); set MLFLOW_TRACKING_USERNAME"):
+        tracking._check_server(f"http://alice:wrong@127.0.0.1:{port}")
+    assert len(seen) == 1
 
 
 @pytest.mark.parametrize(("name", "value"), [("MODELYARD_TRACKING_RETRIES", "0"), ("MODELYARD_TRACKING_RETRIES", "many"),

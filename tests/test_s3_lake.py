@@ -78,6 +78,32 @@ def test_a_missing_bucket_is_a_clear_error_without_the_secret(s3):
     assert SECRET not in str(err.value)
 
 
+def test_credentials_come_from_the_environment_only(s3, monkeypatch, tmp_path):
+    from modelyard.lake import _s3_filesystem
+
+    options = _s3_filesystem().__reduce__()[1][0]  # what pyarrow was given
+    assert (options["access_key"], options["secret_key"], options["anonymous"]) == (ACCESS_KEY, SECRET, False)
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "session-1")
+    assert _s3_filesystem().__reduce__()[1][0]["session_token"] == "session-1"
+    # a credentials file or profile is never read: without the variables, access is anonymous
+    credentials = tmp_path / "credentials"
+    credentials.write_text("[default]\naws_access_key_id = FROMFILE\naws_secret_access_key = FILESECRET\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name)
+    options = _s3_filesystem().__reduce__()[1][0]
+    assert options["anonymous"] is True and options["access_key"] is None
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    with pytest.raises(ModelyardError, match="AWS_SECRET_ACCESS_KEY is not set"):
+        _s3_filesystem()
+
+
+def test_a_lake_uri_with_credentials_is_refused_without_repeating_them():
+    with pytest.raises(ModelyardError) as err:
+        Lake(f"s3://{ACCESS_KEY}:{SECRET}@bucket/prefix")
+    assert "holds credentials" in str(err.value) and SECRET not in str(err.value) and ACCESS_KEY not in str(err.value)
+
+
 @pytest.mark.slow
 def test_pipeline_keeps_its_tables_in_the_bucket_and_no_secret_anywhere(s3, monkeypatch, tmp_path, http_server,
                                                                        http_served_dir):

@@ -18,9 +18,21 @@ from modelyard.errors import DataError, ModelyardError
 from modelyard.settings import check_lake_uri, s3_endpoint
 
 
+NO_KEYS = "no AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the environment: the bucket was read anonymously"
+
+
 def _s3_filesystem() -> pafs.S3FileSystem:
-    # Credentials come only from the standard AWS environment variables, read by pyarrow itself.
+    """Credentials from the standard AWS environment variables only, handed to pyarrow explicitly: its
+    default chain would also read ~/.aws, AWS_PROFILE and instance metadata. None set: anonymous access."""
     kwargs = {"region": os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"}
+    key, secret = os.environ.get("AWS_ACCESS_KEY_ID", ""), os.environ.get("AWS_SECRET_ACCESS_KEY", "")
+    if bool(key) != bool(secret):
+        raise ModelyardError(f"{'AWS_SECRET_ACCESS_KEY' if key else 'AWS_ACCESS_KEY_ID'} is not set: an s3:// lake "
+                             "needs both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or neither (anonymous access)")
+    if key:
+        kwargs.update(access_key=key, secret_key=secret, session_token=os.environ.get("AWS_SESSION_TOKEN") or None)
+    else:
+        kwargs["anonymous"] = True
     endpoint = s3_endpoint()
     if endpoint:
         if "://" not in endpoint:  # "minio:9000": urlparse would read "minio" as the scheme
@@ -51,6 +63,9 @@ class Lake:
     def is_remote(self) -> bool:
         return self.uri.startswith("s3://")
 
+    def _hint(self) -> str:
+        return f" ({NO_KEYS})" if self.is_remote and not os.environ.get("AWS_ACCESS_KEY_ID") else ""
+
     def _path(self, name: str, suffix: str = ".parquet") -> str:
         return f"{self.root}/{name}{suffix}"
 
@@ -68,8 +83,8 @@ class Lake:
                 with open(tmp, "wb") as out:
                     out.write(data)
                 os.replace(tmp, path)
-        except OSError as e:
-            raise ModelyardError(f"cannot write {path} to the lake {self.uri}: {e}") from None
+        except (OSError, pa.ArrowInvalid) as e:
+            raise ModelyardError(f"cannot write {path} to the lake {self.uri}: {e}{self._hint()}") from None
 
     def write_table(self, name: str, df: pd.DataFrame) -> str:
         """Write `df` as table `name`; returns the SHA-256 of the Parquet bytes (the table's version)."""
@@ -86,13 +101,13 @@ class Lake:
         try:
             return pq.read_table(path, columns=columns, filesystem=self.fs).to_pandas()
         except (OSError, pa.ArrowInvalid) as e:
-            raise DataError(f"cannot read {self.uri_of(name)}: {e}") from None
+            raise DataError(f"cannot read {self.uri_of(name)}: {e}{self._hint()}") from None
 
     def exists(self, name: str, suffix: str = ".parquet") -> bool:
         try:
             return self.fs.get_file_info(self._path(name, suffix)).type == pafs.FileType.File
-        except OSError as e:
-            raise ModelyardError(f"cannot reach the lake {self.uri}: {e}") from None
+        except (OSError, pa.ArrowInvalid) as e:
+            raise ModelyardError(f"cannot reach the lake {self.uri}: {e}{self._hint()}") from None
 
     def write_json(self, name: str, obj) -> None:
         self._write_bytes(self._path(name, ".json"), json.dumps(obj, indent=2, sort_keys=True).encode())

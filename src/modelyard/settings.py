@@ -47,7 +47,11 @@ def check_lake_uri(uri: str) -> None:
     if scheme != "s3":
         raise ModelyardError(f"lake {uri}: unsupported scheme {scheme + '://'!r}; "
                              "use a folder or s3://bucket/prefix (--lake / MODELYARD_LAKE)")
-    if not rest.split("/", 1)[0]:
+    bucket = rest.split("/", 1)[0]
+    if "@" in bucket:  # s3://KEY:SECRET@bucket: never repeat it, it may hold a secret
+        raise ModelyardError("the lake URI holds credentials (s3://...@bucket); put them in AWS_ACCESS_KEY_ID and "
+                             "AWS_SECRET_ACCESS_KEY instead, and use s3://bucket/prefix (--lake / MODELYARD_LAKE)")
+    if not bucket:
         raise ModelyardError(f"lake {uri}: no bucket; use s3://bucket/prefix (--lake / MODELYARD_LAKE)")
 
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
+import re
 import time
 import warnings
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -58,35 +56,52 @@ def _redacted(uri: str) -> str:
     return urllib.parse.urlunsplit(parsed._replace(netloc=netloc))
 
 
+def _reason(e: Exception) -> str:
+    """The short cause of a failed request ("[Errno 111] Connection refused") rather than urllib3's whole story."""
+    text = str(e)
+    found = re.findall(r"\[Errno -?\d+\][^'\")\]]*|Read timed out|certificate verify failed[^'\")\]]*", text)
+    return found[-1].strip() if found else text[-200:]
+
+
 def _check_server(tracking_uri: str) -> None:
-    """Fail fast, naming the URI, when a remote MLflow server is down (bounded retries, no stack trace)."""
+    """Fail fast, naming the URI, when a remote MLflow server is down (bounded retries, no stack trace).
+
+    Asks GET /health the way MLflow itself talks to the server: with MLFLOW_TRACKING_USERNAME/PASSWORD or
+    MLFLOW_TRACKING_TOKEN, MLFLOW_TRACKING_INSECURE_TLS, MLFLOW_TRACKING_SERVER_CERT_PATH, or user:password
+    in the URI. A server that refuses the credentials is told at once (retrying will not help).
+    """
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
     retries = _env_number("MODELYARD_TRACKING_RETRIES", HEALTH_RETRIES, int, 1)
     backoff = _env_number("MODELYARD_TRACKING_BACKOFF_S", HEALTH_BACKOFF_S, float, 0.0)
     parsed = urllib.parse.urlsplit(tracking_uri.rstrip("/"))
-    # urllib takes user:password@ for part of the host name: send the credentials as a header instead
-    host = parsed.hostname + (f":{parsed.port}" if parsed.port else "")
-    request = urllib.request.Request(urllib.parse.urlunsplit(parsed._replace(netloc=host)) + "/health")
-    if parsed.username is not None:
-        user = urllib.parse.unquote(parsed.username)
-        password = urllib.parse.unquote(parsed.password or "")
-        request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+    host = (parsed.hostname or "") + (f":{parsed.port}" if parsed.port else "")
+    creds = get_default_host_creds(urllib.parse.urlunsplit(parsed._replace(netloc=host)))
+    if parsed.username is not None and not (creds.username or creds.token):
+        creds.username = urllib.parse.unquote(parsed.username)
+        creds.password = urllib.parse.unquote(parsed.password or "")
+    where = _redacted(tracking_uri)
     last = None
     for attempt in range(retries):
         if attempt:
             time.sleep(backoff * attempt)
         try:
-            with urllib.request.urlopen(request, timeout=5) as response:
-                if response.status == 200:
-                    return
-                last = f"HTTP {response.status}"
-        except urllib.error.HTTPError as e:
-            if e.code == 404:  # something answers, but it is not an MLflow server: retrying will not help
-                raise TrackingError(f"{_redacted(tracking_uri)} answered but is not an MLflow tracking server "
-                                    f"(GET /health: HTTP 404); fix the tracking URI (MLFLOW_TRACKING_URI)") from None
-            last = f"HTTP {e.code}"
-        except (urllib.error.URLError, OSError, ValueError) as e:
-            last = str(getattr(e, "reason", e))
-    raise TrackingError(f"MLflow tracking server {_redacted(tracking_uri)} is unreachable after {retries} "
+            response = http_request(creds, "/health", "GET", max_retries=0, timeout=5, raise_on_status=False)
+        except Exception as e:  # noqa: BLE001 - MLflow wraps every requests error in its own exception
+            last = _reason(e)
+            continue
+        if response.status_code == 200:
+            return
+        if response.status_code == 404:  # something answers, but it is not an MLflow server: retrying will not help
+            raise TrackingError(f"{where} answered but is not an MLflow tracking server "
+                                f"(GET /health: HTTP 404); fix the tracking URI (MLFLOW_TRACKING_URI)")
+        if response.status_code in (401, 403):
+            raise TrackingError(f"MLflow tracking server {where} refused the credentials (GET /health: HTTP "
+                                f"{response.status_code}); set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, "
+                                "or MLFLOW_TRACKING_TOKEN")
+        last = f"HTTP {response.status_code}"
+    raise TrackingError(f"MLflow tracking server {where} is unreachable after {retries} "
                         f"attempt{'s' if retries != 1 else ''} ({last}); start the server or fix the tracking URI "
                         "(MLFLOW_TRACKING_URI)")
 
@@ -99,6 +114,8 @@ def configure(tracking_uri: str, existing: bool = False) -> MlflowClient:
     """
     if tracking_uri.startswith(("http://", "https://")):
         _check_server(tracking_uri)
+        # MLflow's own default (7 retries, backoff up to 2 min) turns a server lost mid-run into minutes of silence
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
     elif existing and tracking_uri.startswith("sqlite:///"):
         path = Path(tracking_uri[len("sqlite:///"):])
         if not path.is_file():

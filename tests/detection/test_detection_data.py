@@ -211,6 +211,19 @@ def test_split_moves_files_without_loss_and_again_is_a_no_op(factory, tmp_path, 
     assert sorted(str(p.relative_to(dataset_dir)) for p in dataset_dir.rglob("*")) == layout
 
 
+def test_split_never_overwrites_a_split_file(factory, tmp_path, volume):
+    archive, classes = factory.make_archive(tmp_path)
+    out = steps.download(volume=str(volume), source=str(archive), classes=str(classes))
+    steps.split(volume=str(volume))
+    dataset_dir = Path(out["dataset_dir"])
+    image = next((dataset_dir / "images" / "val").iterdir())
+    before = image.read_bytes()
+    (dataset_dir / "images" / image.name).write_bytes(b"another file of the same name")
+    with pytest.raises(DataError, match=f"both images/{image.name} and images/val/{image.name} exist"):
+        steps.split(volume=str(volume))
+    assert image.read_bytes() == before
+
+
 def test_split_resumes_after_a_crash(factory, tmp_path, volume):
     dataset_dir = Path(_download(factory, tmp_path, volume)["dataset_dir"])
     before = _files(dataset_dir / "images") | _files(dataset_dir / "labels")

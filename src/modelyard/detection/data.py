@@ -415,6 +415,8 @@ def apply_split(dataset_dir: str | Path, plan: dict[str, str]) -> int:
         label = Path(name).stem + ".txt"
         for sub, fname, required in (("labels", label, False), ("images", name, True)):
             flat, dest = dataset_dir / sub / fname, dataset_dir / sub / part / fname
+            if flat.is_file() and dest.is_file():  # never overwrite: which one is right is the user's call
+                raise DataError(f"both {sub}/{fname} and {sub}/{part}/{fname} exist in {dataset_dir}; remove one and run again")
             if flat.is_file():
                 os.replace(flat, dest)
                 moved += 1

@@ -159,20 +159,25 @@ COMPILE_TIME = frozenset({"preset"})
 
 
 def call_step(target: str, step: str, kwargs: dict[str, Any], outputs: Sequence[tuple[str, str]] = (),
-              metrics: Any = None, preset: str = "textbook"):
+              metrics: Any = None, preset: str = "textbook", check: bool = False):
     """Run one step of `modelyard.<target>.pipeline` as a KFP component does.
 
     Calls the step function with `kwargs` (coerced to its annotated types), logs its numeric outputs to
     `metrics` (a KFP `Output[Metrics]`) when given, prints its outputs, and returns the `outputs`
-    (name, type name) as a tuple in that order (None when there are none). A ModelyardError ends the
+    (name, type name) as a tuple in that order (None when there are none). `check`: `kwargs` hold every
+    run parameter; the pipeline's check_params sees them all first, and the step gets its own. A ModelyardError ends the
     process with its message and exit status 1, no traceback (so do a ValueError and MLflow's refusals, as in the CLI).
     """
     try:
         pipeline = load_pipeline(target, preset)
         fn = pipeline.step(step).fn
         hints = _type_hints(fn)
+        filled = _fill_settings(kwargs)
+        if check and pipeline.check_params is not None:
+            pipeline.check_params({**pipeline.params, **{k: v for k, v in filled.items() if k in pipeline.params}})
+        accepted = inspect.signature(fn).parameters
         args = {k: as_type(v, hints[k], f"{step}.{k}") if hints.get(k) in PRIMITIVES.values() else v
-                for k, v in _fill_settings(kwargs).items()}
+                for k, v in filled.items() if k in accepted}
         if "preset" in inspect.signature(fn).parameters and "preset" in pipeline.params:
             args["preset"] = preset  # fixed when the pipeline was compiled, as its hyperparameter defaults
         print(f"modelyard: {target}.{step}", flush=True)
@@ -225,6 +230,7 @@ class StepPlan:
     inputs: dict[str, type]  # component input -> type (the type of what feeds it)
     outputs: list[tuple[str, type]]  # NamedTuple outputs in order
     metrics_name: str | None  # name of the Output[Metrics] argument, None when the step has no metrics
+    checks: bool = False  # the first step: it also receives every run parameter and checks them all before any work
 
 
 @dataclass
@@ -298,6 +304,11 @@ def plan(pipeline: Pipeline, target: str | None = None, options: ClusterOptions 
         if getattr(step, "metrics", False):
             metrics_name = next(n for n in ("metrics", "kfp_metrics", "step_metrics") if n not in inputs and n not in names)
         steps.append(StepPlan(step, _identifier(step.name), inputs, outputs, metrics_name))
+    if steps and pipeline.check_params is not None:
+        # as the local runner does before any step: the first pod refuses bad run parameters, not the pod that reads them
+        first = steps[0]
+        first.inputs.update({name: typ for name, (typ, _) in params.items() if name not in first.inputs})
+        first.checks = True
     return Plan(target, pipeline, cluster, params, steps)
 
 
@@ -320,6 +331,8 @@ def component_source(step_plan: StepPlan, target: str, preset: str = "textbook")
     extra = f", metrics={step_plan.metrics_name}" if step_plan.metrics_name else ""
     if preset not in ("", "textbook"):
         extra += f", preset={preset!r}"
+    if step_plan.checks:
+        extra += ", check=True"
     doc = _docstring(step_plan.step.fn) or f"The {step_plan.step.name} step of the {target} pipeline."
     return (
         f"def {step_plan.function_name}({', '.join(args)}){ret}:\n"

@@ -278,3 +278,18 @@ def test_values_training_would_refuse_stop_the_run_before_any_step(tmp_path, pai
                                       "--offline", "-p", pair])
     assert result.exit_code == 1 and message in " ".join(result.output.split())
     assert not (tmp_path / "ws" / "runs").exists()  # no step ran, no run record
+
+
+def test_fine_tuning_from_a_local_weights_file(chain):
+    from mlflow.tracking import MlflowClient
+
+    from modelyard.detection import steps
+
+    volume, uri, record, *_ = chain
+    client = MlflowClient(tracking_uri=uri)
+    weights = Path(client.get_run(record.outputs()["train"]["run_id"]).data.tags["weights_dir"]) / "best.pt"
+    out = steps.train(volume=str(volume), tracking_uri=uri, weights=str(weights), offline=True, epochs=1, imgsz=64, batch_size=8)
+    run = client.get_run(out["run_id"])
+    assert run.data.params["weights"] == str(weights) and run.data.params["model"] == "best.pt"
+    assert run.data.tags["start"] == f"pretrained weights {weights}"
+    assert [m.step for m in client.get_metric_history(out["run_id"], "val/map50")] == [1]

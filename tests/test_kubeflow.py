@@ -281,7 +281,7 @@ def test_generated_components_have_source_for_kfp():
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:You may be attemping to run a task that uses custom or non-Python base image")
-def test_pipeline_runs_under_kfp_local(tmp_path, monkeypatch, http_server, http_served_dir):
+def test_pipeline_runs_under_kfp_local(tmp_path, monkeypatch, capfd, http_server, http_served_dir):
     import kfp.local
     from mlflow.tracking import MlflowClient
 
@@ -322,3 +322,13 @@ def test_pipeline_runs_under_kfp_local(tmp_path, monkeypatch, http_server, http_
     # the volume holds the download and the lake, as in a local run
     assert (volume / "raw" / "movielens" / "ml-latest-small.zip").exists()
     assert (volume / "lake" / "movielens" / "ml-latest-small" / "train.parquet").exists()
+
+    # a second run on the same volume (a kept or --existing-pvc volume): modelyard's own reuse, KFP's cache off
+    capfd.readouterr()
+    pipeline_func(volume=str(volume), lake=str(volume / "lake"), tracking_uri=tracking_uri,
+                  source=f"{http_server}/ml-latest-small.zip", epochs=1, batch_size=1024)
+    said = capfd.readouterr()
+    reported = [json.loads(line.split("modelyard outputs: ", 1)[1]) for line in (said.out + said.err).splitlines()
+                if "modelyard outputs: " in line]
+    assert [out.get("reused") for out in reported[:2]] == [True, True]  # download, ingest
+    assert len(client.search_runs([run.info.experiment_id])) == 2  # train ran again

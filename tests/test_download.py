@@ -157,3 +157,20 @@ def test_discard_removes_the_file_and_its_source_record(tmp_path, source):
     discard(dest)
     assert _leftovers(dest.parent) == [] and not is_cached(dest, str(source))
     discard(dest)  # nothing left: no error
+
+
+def test_a_local_source_rebuilt_in_place_is_fetched_again(tmp_path, source):
+    dest = tmp_path / "raw" / "ml-test.zip"
+    fetch(str(source), dest, show_progress=False, track_source=True)
+    assert is_cached(dest, str(source))
+    source.write_bytes(PAYLOAD[::-1])  # the same size, other bytes
+    assert not is_cached(dest, str(source))
+    fetch(str(source), dest, show_progress=False, track_source=True)
+    assert dest.read_bytes() == PAYLOAD[::-1] and is_cached(dest, str(source))
+    source.unlink()  # a local copy since removed: the volume's copy stands
+    assert is_cached(dest, str(source))
+
+
+def test_a_file_url_with_a_host_name_is_refused(tmp_path):
+    with pytest.raises(DownloadError, match=r"file://data/x.zip: a file URL takes an absolute path, file:///path/to/file \(here 'data'"):
+        fetch("file://data/x.zip", tmp_path / "x.zip", show_progress=False)

@@ -233,6 +233,7 @@ def test_an_existing_pvc_and_mlflow_credentials_from_a_secret(tmp_path):
     (["compile", "recommender", "--pvc-size", "0"], ["pvc-size", "'0'"]),
     (["compile", "recommender", "--existing-pvc", "data", "--delete-pvc"], ["--delete-pvc with --existing-pvc data"]),
     (["compile", "recommender", "--mlflow-secret", "My_Secret"], ["--mlflow-secret 'My_Secret' is not a Kubernetes object name"]),
+    (["compile", "recommender", "--storage-class", "Bad Class!"], ["--storage-class 'Bad Class!' is not a Kubernetes object name"]),
 ])
 def test_compile_errors_are_one_clear_line(tmp_path, args, words):
     result = runner.invoke(app, [*args[:2], "-o", str(tmp_path / "x.yaml"), *args[2:]])

@@ -55,11 +55,13 @@ def _metrics_table(title: str, metrics: dict) -> Table:
 
 
 def _check_tracking(settings: Settings) -> None:
-    """A remote MLflow server that is down fails the run before any step, not after the download."""
-    if settings.tracking_uri.startswith(("http://", "https://")):
-        from modelyard import tracking
+    """A tracking URI MLflow cannot use, or a remote server that is down, fails the run before any step."""
+    from modelyard import tracking
 
+    if settings.tracking_uri.startswith(("http://", "https://")):
         tracking.configure(settings.tracking_uri)
+    else:
+        tracking.check_uri(settings.tracking_uri)
 
 
 def _print_run(record) -> None:

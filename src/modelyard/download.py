@@ -45,14 +45,27 @@ def _open_source(source: str, what: str = "source"):
                                 "(no network? pass a local copy or a mirror with --source)") from None
         length = response.headers.get("Content-Length")
         return response, int(length) if length else None
-    if len(parsed.scheme) > 1 and parsed.scheme != "file":  # one letter: a Windows drive
-        raise DownloadError(f"{what} {source}: unsupported scheme {parsed.scheme}:// (use a path, file:// or http(s)://)")
-    path = Path(urllib.request.url2pathname(parsed.path)) if parsed.scheme == "file" else Path(source).expanduser()
+    path = local_path(source, what)
     if path.is_dir():
         raise DownloadError(f"{what} {source} is a folder; pass the archive file inside it")
     if not path.is_file():
         raise DownloadError(f"{what} {source} not found (no such file: {path})")
     return open(path, "rb"), path.stat().st_size
+
+
+def local_path(source: str, what: str = "source") -> Path | None:
+    """The file a path or file:// source names; None for http(s) sources."""
+    parsed = urllib.parse.urlparse(source)
+    if parsed.scheme in ("http", "https"):
+        return None
+    if len(parsed.scheme) > 1 and parsed.scheme != "file":  # one letter: a Windows drive
+        raise DownloadError(f"{what} {source}: unsupported scheme {parsed.scheme}:// (use a path, file:// or http(s)://)")
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):  # file://data/x.zip reads "data" as a host name
+            raise DownloadError(f"{what} {source}: a file URL takes an absolute path, file:///path/to/file "
+                                f"(here {parsed.netloc!r} would be a host name)")
+        return Path(urllib.request.url2pathname(parsed.path))
+    return Path(source).expanduser()
 
 
 def source_record(dest: str | Path) -> Path:
@@ -62,9 +75,18 @@ def source_record(dest: str | Path) -> Path:
 
 
 def is_cached(dest: str | Path, source: str) -> bool:
-    """Whether `dest` is in the volume and its source record names `source` (so `fetch` reuses it)."""
-    record = source_record(dest)
-    return Path(dest).is_file() and record.is_file() and record.read_text().strip() == source
+    """Whether `dest` is in the volume and its source record names `source` (so `fetch` reuses it); a
+    local source must also still hold the same bytes (an archive rebuilt at the same path is fetched again)."""
+    dest, record = Path(dest), source_record(dest)
+    if not (dest.is_file() and record.is_file() and record.read_text().strip() == source):
+        return False
+    try:
+        local = local_path(source)
+    except DownloadError:
+        return True
+    if local is None or not local.is_file():  # a URL, or a local copy since removed: the volume's copy stands
+        return True
+    return local.stat().st_size == dest.stat().st_size and sha256_file(local) == sha256_file(dest)
 
 
 def discard(dest: str | Path) -> None:

@@ -32,6 +32,8 @@ class Settings:
         uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(ws)
         lake_uri = lake or os.environ.get("MODELYARD_LAKE") or str(ws / "lake")
         check_lake_uri(lake_uri)
+        if "://" not in lake_uri:  # recorded as given in runs: relative to where the run started is not reproducible
+            lake_uri = str(Path(lake_uri).expanduser().resolve())
         return cls(workspace=ws, tracking_uri=uri, lake=lake_uri)
 
     @property

@@ -106,12 +106,35 @@ def _check_server(tracking_uri: str) -> None:
                         "(MLFLOW_TRACKING_URI)")
 
 
+# What MLflow can track to: a server, a SQLAlchemy database, a folder (file:// or a plain path), Databricks.
+TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks", "databricks-uc")
+
+
+def check_uri(tracking_uri: str, existing: bool = False) -> None:
+    """TrackingError, before any work, for a URI MLflow cannot use: an unknown scheme, or a SQLite file
+    whose folder cannot be created (the folder is made here, as MLflow would on first use)."""
+    scheme = tracking_uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in tracking_uri else ""
+    if scheme and scheme not in TRACKING_SCHEMES:
+        raise TrackingError(f"tracking URI {_redacted(tracking_uri)}: unsupported scheme {scheme + '://'!r}; use "
+                            "sqlite:///path/mlflow.db, http(s)://server, postgresql://... or a folder (MLFLOW_TRACKING_URI)")
+    if scheme == "sqlite" and not existing:
+        path = Path(tracking_uri[len("sqlite:///"):])
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not os.access(path.parent, os.W_OK):
+                raise PermissionError("not writable")
+        except OSError as e:
+            raise TrackingError(f"cannot create the MLflow store {path} (tracking URI {_redacted(tracking_uri)}): "
+                                f"{getattr(e, 'strerror', None) or e}; fix --workspace / MLFLOW_TRACKING_URI") from None
+
+
 def configure(tracking_uri: str, existing: bool = False) -> MlflowClient:
     """Point MLflow (tracking and registry) at `tracking_uri`; a remote server must answer /health.
 
     `existing`: the store must already exist (commands that only read or move aliases): a SQLite
     file that is not there is an error instead of a new, empty store.
     """
+    check_uri(tracking_uri, existing)
     if tracking_uri.startswith(("http://", "https://")):
         _check_server(tracking_uri)
         # MLflow's own default (7 retries, backoff up to 2 min) turns a server lost mid-run into minutes of silence
@@ -187,7 +210,8 @@ class TrainingRun:
     def __exit__(self, exc_type, exc, tb) -> None:
         if self.writer is not None:
             self.writer.close()
-        mlflow.end_run(status="FAILED" if exc_type else "FINISHED")
+        interrupted = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)  # Ctrl-C, SIGTERM
+        mlflow.end_run(status="KILLED" if interrupted else "FAILED" if exc_type else "FINISHED")
 
     def log_params(self, params: dict) -> None:
         mlflow.log_params({k: _flat(v) for k, v in params.items()})

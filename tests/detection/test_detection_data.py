@@ -150,6 +150,23 @@ def test_another_source_of_the_same_name_is_reused_and_said(factory, tmp_path, v
     assert f"dataset shapes is already in the volume, from {archive}: reusing it, not {other}" in said
 
 
+def test_an_archive_rebuilt_at_the_same_path_is_extracted_and_split_again(factory, tmp_path, volume, capsys):
+    archive, classes = factory.make_archive(tmp_path)
+    steps.download(volume=str(volume), source=str(archive), classes=str(classes))
+    steps.split(volume=str(volume))
+    rebuilt, _ = factory.make_archive(tmp_path / "fixed", n=30)
+    archive.write_bytes(rebuilt.read_bytes())  # the user fixed the data and packed it again, same file name
+    capsys.readouterr()
+    again = steps.download(volume=str(volume), source=str(archive), classes=str(classes))
+    said = " ".join(capsys.readouterr().err.split())
+    assert not again["reused"] and again["n_images"] == 30
+    assert f"{archive} changed since dataset shapes was extracted from it" in said
+    split = steps.split(volume=str(volume))
+    assert not split["reused"] and split["n_train"] + split["n_val"] + split["n_test"] == 30
+    assert not list(ddata.datasets_root(volume).glob(".shapes*"))  # the old copy is gone
+    assert steps.download(volume=str(volume), source=str(archive))["reused"]  # and now it is the one in the volume
+
+
 def test_archive_without_yolo_folders(factory, tmp_path, volume):
     src = tmp_path / "src"
     (src / "pictures").mkdir(parents=True)
@@ -338,6 +355,11 @@ def test_an_unusable_cached_archive_is_removed_with_its_source_record(factory, t
     shutil.rmtree(out["dataset_dir"])
     raw = ddata.raw_root(volume) / "shapes"
     factory.truncate(raw / "shapes.tar.gz", 0.6)  # corrupted in the volume
+    # while the source is there, the copy that no longer matches it is fetched again
+    assert steps.download(volume=str(volume), source=str(archive), classes=str(classes))["n_images"] == 24
+    shutil.rmtree(out["dataset_dir"])
+    factory.truncate(raw / "shapes.tar.gz", 0.6)
+    archive.unlink()  # the source is gone: only the corrupt copy is left, and it goes too
     with pytest.raises(DownloadError, match="truncated or corrupt|neither a tar"):
         steps.download(volume=str(volume), source=str(archive), classes=str(classes))
     _nothing_left(volume)

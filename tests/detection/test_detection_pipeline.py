@@ -268,7 +268,10 @@ def test_setup_keeps_ultralytics_in_the_volume_and_off_the_platform(tmp_path, mo
 
 
 @pytest.mark.parametrize(("pair", "message"), [("epochs=0", "'epochs' must be >= 1"), ("imgsz=-32", "'imgsz' must be >= 1"),
-                                               ("val_size=0.95", "'val_size' + 'test_size' must be between 0 and 1")])
+                                               ("val_size=0.95", "'val_size' + 'test_size' must be between 0 and 1"),
+                                               ("device=tpu", "'device': 'tpu' is not one of auto, cpu, cuda"),
+                                               ("model=yolov99.yaml", "'yolov99.yaml' is neither a file nor an architecture"),
+                                               ("model=yolov8n.pt", "pretrained weights go in weights=yolov8n.pt")])
 def test_values_training_would_refuse_stop_the_run_before_any_step(tmp_path, pair, message):
     from typer.testing import CliRunner
 

@@ -117,10 +117,28 @@ def test_a_bad_archive_is_not_kept_and_another_source_replaces_the_cached_one(tm
 def test_values_a_step_would_refuse_stop_the_run_before_any_step(tmp_path):
     for bad in ("top_k=0", "epochs=0", "model=foo", "device=tpu", "dropout=1.5", "val_size=0",
                 "learning_rate=nan", "learning_rate=inf", "weight_decay=nan", "gamma=0", "gamma=nan",
-                "threshold=nan", "rmse_threshold=nan"):
+                "threshold=nan", "rmse_threshold=nan", "threshold=10", "threshold=0.2"):
         result = run_pipeline(tmp_path / "ws", "-p", bad)
         assert result.exit_code == 1 and bad.split("=")[0] in result.output, (bad, result.output)
     assert not (tmp_path / "ws" / "runs").exists()
+
+
+@pytest.mark.parametrize(("uri", "message"), [
+    ("bogus://x", "tracking URI bogus://x: unsupported scheme 'bogus://'"),
+    ("sqlite:////proc/no-such-dir/mlflow.db", "cannot create the MLflow store /proc/no-such-dir/mlflow.db"),
+])
+def test_a_tracking_uri_mlflow_cannot_use_stops_the_run_before_any_step(tmp_path, monkeypatch, uri, message):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    result = run_pipeline(tmp_path / "ws")
+    assert result.exit_code == 1 and message in " ".join(result.output.split()) and "Traceback" not in result.output
+    assert not (tmp_path / "ws" / "runs").exists() and not (tmp_path / "ws" / "raw").exists()
+
+
+def test_a_relative_lake_is_recorded_as_an_absolute_path(tmp_path, monkeypatch):
+    from modelyard.settings import Settings
+
+    monkeypatch.chdir(tmp_path)
+    assert Settings.resolve(workspace=tmp_path / "ws", lake="relative_lake").lake == str(tmp_path / "relative_lake")
 
 
 @pytest.mark.parametrize(("lake", "message"), [("gs://bucket/x", "unsupported scheme 'gs://'"),

@@ -228,3 +228,38 @@ def test_python_api_runs_the_same_pipeline(served, tmp_path):
     assert Path(record.path).parent == tmp_path / "ws" / "runs"
     top = load_recommender("staging", workspace=tmp_path / "ws").recommend(6, top_k=3)
     assert list(top.columns) == ["rank", "item_id", "title", "genres", "score"] and len(top) == 3
+
+
+def test_a_terminated_run_is_recorded_as_interrupted(tmp_path):
+    """SIGTERM (kill, a Kubernetes pod being stopped) closes the run record and the MLflow run, not "running" forever."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    archive = make_movielens_zip(tmp_path / "ml-latest-small.zip", n_users=30, n_items=40, n_ratings=400).path
+    ws = tmp_path / "ws"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    log = open(tmp_path / "run.log", "w")  # noqa: SIM115 - a pipe nobody reads would block the run's output
+    proc = subprocess.Popen([sys.executable, "-m", "modelyard", "run", "recommender", "--source", str(archive), "-w", str(ws),
+                             "-p", "epochs=100000", "-p", "batch_size=64"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:  # until the MLflow run is training
+            if list((ws / "tensorboard" / "recommender").glob("*/events.out.tfevents.*")):  # written once its run started
+                break
+            time.sleep(0.2)
+        time.sleep(1)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+        log.close()
+    assert proc.returncode != 0, (tmp_path / "run.log").read_text()[-2000:]
+    record = last_record(ws)
+    assert record["status"] == "interrupted"
+    assert {s["name"]: s["status"] for s in record["steps"]}["train"] == "interrupted"
+    client = MlflowClient(tracking_uri=f"sqlite:///{ws / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("recommender").experiment_id])
+    assert run.info.status == "KILLED"

@@ -63,6 +63,7 @@ def download_weights(run_id: str, dst: str | Path) -> Path:
 def validate_run(volume: str, tracking_uri: str, run_id: str, batch_size: int = 16, device: str = "cpu", workers: int = 0) -> dict[str, float]:
     """Score the run's model on val (`map50`, `map50_95`, `precision`, `recall`, ...) and test (`test_...`)."""
     ultralytics = yolo_env.setup(volume)
+    device = yolo_env.resolve_device(device)
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 

@@ -27,6 +27,8 @@ def check_params(params: dict[str, Any]) -> None:
             raise ValueError(f"parameter {name!r} must be >= 1, got {params[name]}")
     check_split_sizes(float(params["val_size"]), float(params["test_size"]))
     yolo_env.require_ultralytics()
+    yolo_env.check_device(str(params["device"]))
+    yolo_env.check_architecture(str(params["model"]))
 
 
 def build() -> Pipeline:

@@ -8,6 +8,7 @@ imported inside train/validate (the optional extra ``modelyard[detection]``).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -72,6 +73,39 @@ def _build(volume: str, name: str, source: str, classes: str, sha256: str) -> di
     return built
 
 
+def _archive_changed(source: str, info: dict) -> bool:
+    """Whether `source` is the local archive this dataset came from and now holds other bytes (rebuilt in place)."""
+    from modelyard.download import local_path, sha256_file
+
+    if not source or _where(source) != _where(str(info.get("source", ""))):
+        return False
+    local = local_path(source)
+    if local is None or not local.is_file():
+        return False
+    new = sha256_file(local)
+    if new == info.get("archive_sha256"):
+        return False
+    console.print(f"[yellow]{source} changed since dataset {info.get('name')} was extracted from it "
+                  f"(SHA-256 {str(info.get('archive_sha256'))[:12]}... -> {new[:12]}...): extracting and splitting it again[/]")
+    return True
+
+
+def _rebuild(volume: str, name: str, source: str, classes: str, sha256: str) -> dict:
+    """Build the dataset again from its changed archive; the old one is put back if the new one fails."""
+    target = ddata.datasets_root(volume) / name
+    aside = target.with_name(f".{name}.replaced-{os.getpid()}")
+    shutil.rmtree(aside, ignore_errors=True)
+    os.replace(target, aside)
+    try:
+        info = _build(volume, name, source, classes, sha256)
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(aside, target)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+    return info
+
+
 def _where(source: str) -> str:
     """A source in one spelling: local paths and file:// URLs as absolute paths, other URLs as given."""
     if source.startswith("file://"):
@@ -92,7 +126,10 @@ def download(volume: str, source: str, classes: str = "", sha256: str = "", data
     name = dataset or ddata.dataset_name(source)
     root = ddata.datasets_root(volume)
     target = root / name
-    if (target / ddata.DATASET_INFO).is_file():
+    if (target / ddata.DATASET_INFO).is_file() and _archive_changed(source, ddata.read_info(target)):
+        info = _rebuild(volume, name, source, classes, sha256)
+        reused = False
+    elif (target / ddata.DATASET_INFO).is_file():
         info = ddata.read_info(target)
         if sha256 and info.get("archive_sha256") != sha256.lower():
             raise DownloadError(f"dataset {name} in the volume came from an archive with SHA-256 {info.get('archive_sha256')}, "

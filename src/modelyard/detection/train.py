@@ -133,6 +133,7 @@ def train_detector(
 ) -> dict:
     """Train on the split dataset in `dataset_dir`; returns run_id, model_uri and the best epoch's scores."""
     ultralytics = yolo_env.setup(volume)  # before anything of ultralytics is used
+    device = yolo_env.resolve_device(device)
     import mlflow
 
     from modelyard.tracking import TrainingRun

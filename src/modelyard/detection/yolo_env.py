@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import re
 import shutil
 import socket
 from pathlib import Path
@@ -122,6 +123,40 @@ def ultralytics_module():
     except ImportError:
         raise ModelyardError(f"object detection needs ultralytics, which is not installed: {INSTALL_HINT}") from None
     return ultralytics
+
+
+DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?|\d+(,\d+)*"
+
+
+def check_device(device: str) -> None:
+    """ValueError unless `device` is one ultralytics takes: cpu, cuda, cuda:N, mps, GPU ids (0 or 0,1), or auto."""
+    if not re.fullmatch(DEVICE_PATTERN, device.strip().lower()):
+        raise ValueError(f"parameter 'device': {device!r} is not one of auto, cpu, cuda, cuda:N, mps or GPU ids such as 0 or 0,1")
+
+
+def resolve_device(device: str) -> str:
+    """`auto`: the first GPU when there is one, else the CPU (as the recommender's device=auto)."""
+    if device.strip().lower() != "auto":
+        return device
+    import torch
+
+    return "0" if torch.cuda.is_available() else "cpu"
+
+
+def check_architecture(model: str) -> None:
+    """ValueError unless `model` is a YOLO architecture file ultralytics knows (yolov8s.yaml) or a local .yaml."""
+    if model == DEFAULT_ARCH:
+        return
+    if not model.lower().endswith((".yaml", ".yml")):
+        hint = f"; pretrained weights go in weights={model}" if model.lower().endswith(".pt") else ""
+        raise ValueError(f"parameter 'model': {model!r} is not an architecture file (.yaml) such as {DEFAULT_ARCH}{hint}")
+    from ultralytics.nn.tasks import yaml_model_load
+
+    try:
+        yaml_model_load(model)
+    except FileNotFoundError:
+        raise ValueError(f"parameter 'model': {model!r} is neither a file nor an architecture ultralytics knows "
+                         f"(yolov8n.yaml, yolov8s.yaml, yolo11n.yaml, ...)") from None
 
 
 def network_available(host: str = "github.com", port: int = 443, timeout: float = 2.0) -> bool:

@@ -82,7 +82,8 @@ class ClusterOptions:
             raise ValueError(f"--access-mode {self.access_mode!r} is not one of {', '.join(ACCESS_MODES)}")
         if not re.fullmatch(r"\d+(\.\d+)?([EPTGMk]i?)?", self.pvc_size.strip()) or not float(re.sub(r"[^\d.]", "", self.pvc_size)):
             raise ValueError(f"--pvc-size {self.pvc_size!r} is not a Kubernetes quantity such as 10Gi")
-        for option, name in (("--existing-pvc", self.existing_pvc), ("--s3-secret", self.s3_secret), ("--mlflow-secret", self.mlflow_secret)):
+        for option, name in (("--existing-pvc", self.existing_pvc), ("--s3-secret", self.s3_secret),
+                             ("--mlflow-secret", self.mlflow_secret), ("--storage-class", self.storage_class)):
             if name and not re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", name):
                 raise ValueError(f"{option} {name!r} is not a Kubernetes object name (lower case letters, digits, '-', '.')")
         if self.existing_pvc and self.delete_pvc:

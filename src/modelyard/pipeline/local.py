@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
+import threading
 import time
 import traceback
 import uuid
@@ -25,7 +28,7 @@ REUSED = "reused"  # a step returns {"reused": True} when it found its work alre
 @dataclass
 class StepRecord:
     name: str
-    status: str = "pending"  # pending, running, succeeded, skipped, failed
+    status: str = "pending"  # pending, running, succeeded, skipped, failed, interrupted
     inputs: dict[str, Any] = field(default_factory=dict)
     outputs: dict[str, Any] = field(default_factory=dict)
     started: str | None = None
@@ -91,35 +94,55 @@ class LocalRunner:
         self._save(record)
         t_run = time.perf_counter()
         outputs: dict[str, dict] = {}
-        try:
-            for step in pipeline.steps:
-                rec = record.step(step.name)
-                args = pipeline.resolve(step, params, outputs)
-                rec.inputs, rec.status, rec.started = _public(args), "running", _now()
+        with _sigterm_as_interrupt():
+            try:
+                for step in pipeline.steps:
+                    rec = record.step(step.name)
+                    args = pipeline.resolve(step, params, outputs)
+                    rec.inputs, rec.status, rec.started = _public(args), "running", _now()
+                    self._save(record)
+                    t0 = time.perf_counter()
+                    self.console.print(f"[bold cyan]▶ {step.name}[/]")
+                    try:
+                        result = step.fn(**args) or {}
+                    except BaseException as e:
+                        rec.status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+                        rec.seconds = round(time.perf_counter() - t0, 3)
+                        rec.error = str(e) if isinstance(e, ModelyardError) else "".join(traceback.format_exception_only(type(e), e)).strip()
+                        raise
+                    outputs[step.name] = result
+                    rec.outputs = result
+                    rec.seconds = round(time.perf_counter() - t0, 3)
+                    rec.status = "skipped" if result.get(REUSED) else "succeeded"
+                    note = " (reused from the volume)" if rec.status == "skipped" else ""
+                    self.console.print(f"[green]✔ {step.name}[/] {rec.seconds:.1f}s{note}")
+                    self._save(record)
+                record.status = "succeeded"
+            except BaseException as e:
+                record.status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+                raise
+            finally:
+                record.seconds = round(time.perf_counter() - t_run, 3)
                 self._save(record)
-                t0 = time.perf_counter()
-                self.console.print(f"[bold cyan]▶ {step.name}[/]")
-                try:
-                    result = step.fn(**args) or {}
-                except BaseException as e:
-                    rec.status, rec.seconds = "failed", round(time.perf_counter() - t0, 3)
-                    rec.error = str(e) if isinstance(e, ModelyardError) else "".join(traceback.format_exception_only(type(e), e)).strip()
-                    raise
-                outputs[step.name] = result
-                rec.outputs = result
-                rec.seconds = round(time.perf_counter() - t0, 3)
-                rec.status = "skipped" if result.get(REUSED) else "succeeded"
-                note = " (reused from the volume)" if rec.status == "skipped" else ""
-                self.console.print(f"[green]✔ {step.name}[/] {rec.seconds:.1f}s{note}")
-                self._save(record)
-            record.status = "succeeded"
-        except BaseException:
-            record.status = "failed"
-            raise
-        finally:
-            record.seconds = round(time.perf_counter() - t_run, 3)
-            self._save(record)
         return record
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (what `kill` and Kubernetes send) raises KeyboardInterrupt like Ctrl-C, so the run record and
+    the MLflow run are closed as interrupted instead of staying "running" forever (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _is_record(record: Any) -> bool:

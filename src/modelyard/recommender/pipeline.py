@@ -32,8 +32,12 @@ def check_params(params: dict[str, Any]) -> None:
     from modelyard.recommender.data import get_release
     from modelyard.recommender.train import resolve_params
 
-    get_release(params["dataset"])
+    release = get_release(params["dataset"])
     check_finite(params)
+    threshold = float(params["threshold"])
+    if not release.rating_min <= threshold <= release.rating_max:
+        raise ValueError(f"parameter 'threshold' {threshold:g} is outside {params['dataset']}'s rating scale "
+                         f"{release.rating_min:g}..{release.rating_max:g}: no rating could be relevant")
     check_split_sizes(float(params["val_size"]), float(params["test_size"]))
     resolve_params(params["preset"], {k: params[k] for k in PRESETS[params["preset"]]})
     for name in ("top_k",):

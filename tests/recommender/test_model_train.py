@@ -387,3 +387,26 @@ def test_fit_without_val():
     result = fit(build_model(params, N_USERS, N_ITEMS, 3.0), TRAIN, None, params)
     assert result.best_epoch == 2 and len(result.train_seconds) == 2
     assert all(np.isnan(h["val_loss"]) for h in result.history)
+
+
+@pytest.mark.parametrize("loss", ["l1", "mse"])
+@pytest.mark.parametrize("dropout", [0.2, 0.0])
+def test_mlp_mf_sgd_step_equals_autograd_and_torch_sgd(loss, dropout):
+    torch.manual_seed(3)
+    net = MLPMF(12, 9, factors=4, hidden_dims=8, dropout=dropout, sparse=True)
+    reference = copy.deepcopy(net)
+    users, items = torch.tensor([0, 3, 3, 7, 11, 0]), torch.tensor([1, 1, 4, 8, 2, 1])  # repeated rows and a repeated pair
+    ratings = torch.tensor([4.0, 3.5, 1.0, 5.0, 2.5, 4.0])
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.1)
+    criterion = torch.nn.L1Loss() if loss == "l1" else torch.nn.MSELoss()
+    for step in range(3):
+        torch.manual_seed(100 + step)  # the same dropout mask on both sides
+        expected = criterion(reference(users, items), ratings)
+        optimizer.zero_grad()
+        expected.backward()
+        optimizer.step()
+        torch.manual_seed(100 + step)
+        total = net.sgd_step(users, items, ratings, 0.1, loss)
+        assert float(total) / len(ratings) == pytest.approx(expected.item(), rel=1e-6)
+    for (name, a), b in zip(net.state_dict().items(), reference.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)

@@ -286,29 +286,14 @@ def _batches(batches: tuple[Tensor, Tensor, Tensor], batch_size: int):
         yield users[start : start + batch_size], items[start : start + batch_size], ratings[start : start + batch_size]
 
 
-def _sgd_rows_epoch(net: nn.Module, loss_fn, batches, batch_size: int, lr: float) -> float:
-    """One epoch of plain SGD for a model with ``forward_rows`` (mlp-mf) and sparse embeddings.
-
-    The same updates as ``torch.optim.SGD`` on sparse embedding gradients, with less machinery per
-    step (~1.3x at batch 64): each batch's embedding rows are gathered into small leaf tensors,
-    autograd differentiates those, and the row gradients are added back into the tables with
-    ``index_add_`` (rows repeated in a batch are summed, as in a sparse gradient).
-    """
-    user_table, item_table = net.user_factors.weight, net.item_factors.weight
-    dense = [p for p in net.parameters() if p is not user_table and p is not item_table]
+def _sgd_rows_epoch(net: nn.Module, loss: str, batches, batch_size: int, lr: float) -> float:
+    """One epoch of plain SGD for a model with a hand-written ``sgd_step`` (mlp-mf) on sparse embeddings:
+    the same updates as ``torch.optim.SGD`` (tested against the textbook's DataLoader loop), ~2.3x faster
+    at batch 64 than autograd and the optimizer."""
     ratings = batches[2]
     loss_sum = torch.zeros((), dtype=torch.float64, device=ratings.device)
     for u, i, r in _batches(batches, batch_size):
-        user_rows = user_table.detach().index_select(0, u).requires_grad_()
-        item_rows = item_table.detach().index_select(0, i).requires_grad_()
-        loss = loss_fn(net.forward_rows(user_rows, item_rows), r)
-        user_grad, item_grad, *dense_grads = torch.autograd.grad(loss, [user_rows, item_rows, *dense])
-        with torch.no_grad():
-            user_table.index_add_(0, u, user_grad, alpha=-lr)
-            item_table.index_add_(0, i, item_grad, alpha=-lr)
-            for param, grad in zip(dense, dense_grads):
-                param.add_(grad, alpha=-lr)
-        loss_sum += loss.detach() * len(r)
+        loss_sum += net.sgd_step(u, i, r, lr, loss)
     return loss_sum.item() / len(ratings)
 
 
@@ -383,7 +368,7 @@ def fit(
     if fused.supports(net, p, device):
         fused_trainer = fused.FusedSparseAdam(net, l2, *frequency, p["loss"], p["batch_size"], SPARSE_ADAM_BETAS)
     # plain SGD on sparse embeddings (the textbook preset): the row-gathered path, same updates
-    sgd_rows = p["optimizer"] == "sgd" and hasattr(net, "forward_rows") and uses_sparse_gradients(p)
+    sgd_rows = p["optimizer"] == "sgd" and hasattr(net, "sgd_step") and uses_sparse_gradients(p)
     optimizers = [] if fused_trainer or sgd_rows else make_optimizers(net, p)
     n, batch_size = len(ratings), p["batch_size"]
 
@@ -405,7 +390,7 @@ def fit(
         else:
             batches = (users, items, ratings) if order is None else (users[order], items[order], ratings[order])
             if sgd_rows:
-                train_loss = _sgd_rows_epoch(net, loss_fn, batches, batch_size, lr)
+                train_loss = _sgd_rows_epoch(net, p["loss"], batches, batch_size, lr)
             else:
                 train_loss = _train_epoch(net, optimizers, loss_fn, l2, batches, batch_size, frequency)
             del batches

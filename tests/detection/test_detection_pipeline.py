@@ -233,6 +233,14 @@ def test_choose_weights(tmp_path, monkeypatch):
     assert yolo_env.choose_weights(tmp_path, "auto", offline=True)[0] == "yolov8n.pt"
 
 
+def test_a_run_without_a_source_is_refused_before_any_step(tmp_path):
+    from modelyard.detection.pipeline import run
+
+    with pytest.raises(ValueError, match="parameter 'source' is required"):
+        run(workspace=str(tmp_path / "ws"), classes="c.txt")
+    assert not (tmp_path / "ws" / "runs").exists()
+
+
 def test_choose_start_as_users_mean_it():
     from modelyard.detection.pipeline import build, choose_start
 

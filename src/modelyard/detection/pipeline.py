@@ -22,6 +22,9 @@ PARAMS: dict[str, Any] = {
 
 def check_params(params: dict[str, Any]) -> None:
     """Fail before any step runs on values training would refuse (ValueError naming the parameter)."""
+    if not str(params["source"]).strip():
+        raise ValueError("parameter 'source' is required: a path, file:// or http(s):// URL of a .tar.gz/.zip "
+                         "with YOLO images/ and labels/ (--source)")
     for name in ("epochs", "batch_size", "imgsz"):
         if int(params[name]) < 1:
             raise ValueError(f"parameter {name!r} must be >= 1, got {params[name]}")

@@ -75,7 +75,7 @@ def _print_run(record) -> None:
     out = record.outputs()
     console.print(_metrics_table(f"validation of run {out['train']['run_id']}", out["validate"]))
     console.print(f"[bold]promotion:[/] {out['promote']['decision']}")
-    console.print(f"run record: {record.path}")
+    console.print(f"run record: {record.path}", soft_wrap=True)
 
 
 # Pipeline parameters that `modelyard run` sets from its own options (refused as --param).
@@ -281,7 +281,7 @@ def detect(
         table.add_row(str(b["class"]), f"{b['confidence']:.3f}", *(f"{v:.1f}" for v in b["xyxy"]))
     console.print(table)
     if save:
-        console.print(f"annotated copy: {save}")
+        console.print(f"annotated copy: {save}", soft_wrap=True)
 
 
 @app.command("compile")
@@ -310,7 +310,7 @@ def compile_pipeline(
         path = compile_kfp(target, output, options, preset=preset)
     except user_errors() as e:
         _fail(e)
-    console.print(f"wrote {path}")
+    console.print(f"wrote {path}", soft_wrap=True)
 
 
 @app.command()
@@ -325,7 +325,7 @@ def runs(workspace: WorkspaceOpt = None, last: Annotated[int, typer.Option(min=1
     records = load_records(settings.workspace, on_unreadable=lambda path, reason: console.print(
         f"warning: skipped {path}: {reason}", style="yellow", markup=False))
     if not records:
-        console.print(f"no pipeline runs in {settings.workspace}")
+        console.print(f"no pipeline runs in {settings.workspace}", soft_wrap=True)
         return
     table = Table(title=f"pipeline runs in {settings.workspace}", title_justify="left")
     table.add_column("run", no_wrap=True)

@@ -17,7 +17,7 @@ from rich.console import Console
 from modelyard.detection import data as ddata
 from modelyard.errors import DataError, DownloadError, ModelyardError
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # paths in messages stay whole, never wrapped mid-name
 
 
 def _tracking_uri(tracking_uri: str, volume: str | None = None) -> str:

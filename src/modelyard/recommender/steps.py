@@ -30,7 +30,7 @@ TABLES = ("train", "val", "test", "items", "user_index", "item_index")
 INGEST_FORMAT = 1  # bump when the lake layout changes, so older lakes are rebuilt
 
 
-console = Console(stderr=True)  # progress lines: the terminal locally, the pod log on Kubeflow
+console = Console(stderr=True, soft_wrap=True)  # progress lines (the terminal, a pod log): paths stay whole
 
 
 def table(dataset: str, name: str) -> str:

@@ -106,6 +106,10 @@ def _check_server(tracking_uri: str) -> None:
                         "(MLFLOW_TRACKING_URI)")
 
 
+def _sqlite_path(tracking_uri: str) -> Path:
+    return Path(tracking_uri[len("sqlite:///"):])
+
+
 # What MLflow can track to: a server, a SQLAlchemy database, a folder (file:// or a plain path), Databricks.
 TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks", "databricks-uc")
 
@@ -118,7 +122,7 @@ def check_uri(tracking_uri: str, existing: bool = False) -> None:
         raise TrackingError(f"tracking URI {_redacted(tracking_uri)}: unsupported scheme {scheme + '://'!r}; use "
                             "sqlite:///path/mlflow.db, http(s)://server, postgresql://... or a folder (MLFLOW_TRACKING_URI)")
     if scheme == "sqlite" and not existing:
-        path = Path(tracking_uri[len("sqlite:///"):])
+        path = _sqlite_path(tracking_uri)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             if not os.access(path.parent, os.W_OK):
@@ -140,7 +144,7 @@ def configure(tracking_uri: str, existing: bool = False) -> MlflowClient:
         # MLflow's own default (7 retries, backoff up to 2 min) turns a server lost mid-run into minutes of silence
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
     elif existing and tracking_uri.startswith("sqlite:///"):
-        path = Path(tracking_uri[len("sqlite:///"):])
+        path = _sqlite_path(tracking_uri)
         if not path.is_file():
             raise TrackingError(f"no MLflow store at {path} (tracking URI {_redacted(tracking_uri)}): "
                                 "run a pipeline first, or fix --workspace / MLFLOW_TRACKING_URI")

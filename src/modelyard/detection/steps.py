@@ -108,11 +108,10 @@ def _rebuild(volume: str, name: str, source: str, classes: str, sha256: str) -> 
 
 def _where(source: str) -> str:
     """A source in one spelling: local paths and file:// URLs as absolute paths, other URLs as given."""
-    if source.startswith("file://"):
-        source = source[len("file://"):]
-    elif "://" in source:
-        return source
-    return str(Path(source).expanduser().resolve())
+    from modelyard.download import local_path
+
+    local = local_path(source)
+    return source if local is None else str(local.resolve())
 
 
 def download(volume: str, source: str, classes: str = "", sha256: str = "", dataset: str = "") -> dict:

@@ -179,7 +179,7 @@ def call_step(target: str, step: str, kwargs: dict[str, Any], outputs: Sequence[
         accepted = inspect.signature(fn).parameters
         args = {k: as_type(v, hints[k], f"{step}.{k}") if hints.get(k) in PRIMITIVES.values() else v
                 for k, v in filled.items() if k in accepted}
-        if "preset" in inspect.signature(fn).parameters and "preset" in pipeline.params:
+        if "preset" in accepted and "preset" in pipeline.params:
             args["preset"] = preset  # fixed when the pipeline was compiled, as its hyperparameter defaults
         print(f"modelyard: {target}.{step}", flush=True)
         result = fn(**args) or {}
